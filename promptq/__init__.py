@@ -1,0 +1,6 @@
+"""promptq: queue-backed asynchronous job processing for LLM prompts."""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["__version__"]

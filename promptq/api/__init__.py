@@ -1,0 +1,1 @@
+"""The HTTP API: native jobs and the OpenAI Files/Batches workflow."""

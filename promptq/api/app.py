@@ -1,0 +1,59 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from promptq import __version__
+from promptq.api.deps import AppState
+from promptq.api.errors import install_error_handlers
+from promptq.api.limits import BodySizeLimit
+from promptq.api.routes import batches, files, jobs, meta
+from promptq.catalog import Catalog, load_catalog
+from promptq.config import Settings, get_settings
+from promptq.db import Database
+from promptq.workers.celery_app import make_celery
+
+__all__ = ["create_app"]
+
+
+def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
+    """The API app; the models file is read now, so a bad one fails at start-up."""
+    settings = settings or get_settings()
+    catalog = catalog or load_catalog(settings.models_file)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = AppState(
+            settings=settings,
+            catalog=catalog,
+            db=Database.from_settings(settings),
+            celery=make_celery(settings),
+            redis=aioredis.Redis.from_url(
+                settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+            ),
+        )
+        app.state.promptq = state
+        yield
+        await state.redis.aclose()
+        await state.db.dispose()
+
+    app = FastAPI(
+        title="promptq",
+        version=__version__,
+        lifespan=lifespan,
+        description="Queue-backed asynchronous jobs for LLM prompts.",
+    )
+    install_error_handlers(app)
+    for module in (jobs, files, batches, meta):
+        app.include_router(module.router)
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        max_upload_bytes=settings.max_upload_bytes,
+    )
+    return app

@@ -1,0 +1,86 @@
+"""Typed dependencies: the session, the caller's key, the catalog, the broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from celery import Celery
+from fastapi import Depends, HTTPException, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from promptq.catalog import Catalog
+from promptq.config import Settings
+from promptq.db import Database
+from promptq.keys import find_key
+from promptq.models import ApiKey
+
+__all__ = [
+    "AppState",
+    "CatalogDep",
+    "CurrentKey",
+    "SessionDep",
+    "StateDep",
+    "owned",
+]
+
+
+@dataclass
+class AppState:
+    """What the API process holds for its lifetime."""
+
+    settings: Settings
+    catalog: Catalog
+    db: Database
+    celery: Celery
+    redis: aioredis.Redis
+
+
+def _state(request: Request) -> AppState:
+    state: AppState = request.app.state.promptq
+    return state
+
+
+StateDep = Annotated[AppState, Depends(_state)]
+
+
+async def _session(state: StateDep) -> AsyncIterator[AsyncSession]:
+    async with state.db.session() as session:
+        yield session
+
+
+SessionDep = Annotated[AsyncSession, Depends(_session)]
+
+
+def _catalog(state: StateDep) -> Catalog:
+    return state.catalog
+
+
+CatalogDep = Annotated[Catalog, Depends(_catalog)]
+
+
+async def _current_key(request: Request, session: SessionDep) -> ApiKey:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise HTTPException(
+            401,
+            "Missing API key: send 'Authorization: Bearer <key>'.",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    key = await find_key(session, token.strip())
+    if key is None:
+        raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Bearer"})
+    return key
+
+
+CurrentKey = Annotated[ApiKey, Depends(_current_key)]
+
+
+def owned(obj: Any, key: ApiKey, kind: str, object_id: str) -> Any:
+    """The object if the caller's tenant owns it (or the caller is admin), else 404."""
+    if obj is None or (not key.is_admin and obj.tenant != key.tenant):
+        raise HTTPException(404, f"No {kind} with id {object_id!r}.")
+    return obj

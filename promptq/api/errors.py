@@ -1,0 +1,79 @@
+"""API errors: JSON in OpenAI's envelope, `{"error": {"code", "message", "type", "param"}}`,
+with a stable code; bad input is never a 500."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, OperationalError
+from starlette.exceptions import HTTPException
+
+from promptq.errors import InvalidRequest
+
+__all__ = ["error_response", "install_error_handlers"]
+
+log = structlog.get_logger(__name__)
+
+_HTTP_CODES = {
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "unprocessable",
+    429: "rate_limited",
+    503: "service_unavailable",
+}
+
+
+def error_response(
+    status_code: int,
+    code: str,
+    message: str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The one error shape of the API."""
+    kind = "invalid_request_error" if status_code < 500 else "server_error"
+    body = {"error": {"code": code, "message": message, "type": kind, "param": param}}
+    return JSONResponse(body, status_code=status_code, headers=headers)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errors: list[Any] = list(exc.errors())
+    if not errors:
+        return "The request is not valid.", None
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    param = ".".join(loc) or None
+    return f"{param or 'request'}: {first.get('msg', 'invalid')}", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Map promptq's errors, validation errors and HTTP errors to the JSON shape."""
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
+        return error_response(exc.status_code, exc.code, exc.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _validation_message(exc)
+        return error_response(400, "invalid_request", message, param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(DBAPIError)
+    async def _database(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.database_unavailable", error=str(exc)[:200])
+        return error_response(503, "database_unavailable", "The database is unavailable; retry.")

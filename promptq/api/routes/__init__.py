@@ -1,0 +1,1 @@
+"""Thin route modules: parse, call the domain module, shape the response."""

@@ -1,0 +1,118 @@
+"""OpenAI Batches: create from an uploaded file, poll, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import sqlalchemy as sa
+from fastapi import APIRouter, HTTPException, Query
+
+from promptq.api.deps import CatalogDep, CurrentKey, SessionDep, StateDep, owned
+from promptq.api.schemas import BatchCreate, BatchList, BatchOut, batch_out
+from promptq.batches import cancel_batch, create_batch, parse_window, summarize
+from promptq.errors import InvalidRequest
+from promptq.files import SUPPORTED_URLS
+from promptq.ids import new_id
+from promptq.models import Batch, BatchStatus, File, FilePurpose, Job, utcnow
+from promptq.scheduler.dispatch import dispatch_queued
+
+router = APIRouter(prefix="/v1/batches", tags=["batches"])
+
+
+def _priority(body: BatchCreate) -> int:
+    if body.priority is not None:
+        return body.priority
+    raw = (body.metadata or {}).get("priority")
+    if raw is None:
+        return 5
+    if not raw.isdigit() or int(raw) > 9:
+        raise InvalidRequest("invalid_priority", "metadata.priority must be an integer 0-9.")
+    return int(raw)
+
+
+@router.post("", operation_id="create_batch")
+async def create_batch_route(
+    body: BatchCreate,
+    key: CurrentKey,
+    session: SessionDep,
+    catalog: CatalogDep,
+    state: StateDep,
+) -> BatchOut:
+    """Start a batch over an uploaded file; its lines run at once, in priority order."""
+    if body.endpoint not in SUPPORTED_URLS:
+        raise InvalidRequest("invalid_endpoint", f"endpoint must be one of {list(SUPPORTED_URLS)}.")
+    window = parse_window(body.completion_window)
+    file = owned(await session.get(File, body.input_file_id), key, "file", body.input_file_id)
+    if file.purpose != FilePurpose.BATCH:
+        raise InvalidRequest("invalid_file", "input_file_id must name a file of purpose 'batch'.")
+    now = utcnow()
+    batch = Batch(
+        id=new_id("batch_"),
+        tenant=key.tenant,
+        input_file_id=file.id,
+        endpoint=body.endpoint,
+        completion_window=body.completion_window,
+        status=BatchStatus.VALIDATING,
+        priority=_priority(body),
+        batch_metadata=body.metadata,
+        webhook_url=body.webhook_url or key.webhook_url,
+        created_at=now,
+        expires_at=now + window,
+    )
+    batch = await create_batch(session, catalog, batch, state.settings.max_attempts)
+    await dispatch_queued(
+        session, state.celery, state.settings.chunk_size, Job.batch_id == batch.id
+    )
+    return batch_out(batch, await summarize(session, batch.id))
+
+
+@router.get("/{batch_id}", operation_id="get_batch")
+async def get_batch(batch_id: str, key: CurrentKey, session: SessionDep) -> BatchOut:
+    """A batch, with request counts and usage derived from its jobs."""
+    batch = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
+    return batch_out(batch, await summarize(session, batch.id))
+
+
+@router.get("", operation_id="list_batches")
+async def list_batches(
+    key: CurrentKey,
+    session: SessionDep,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> BatchList:
+    """The caller's batches, newest first; `after` is the last id of the previous page."""
+    stmt = sa.select(Batch).order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)
+    if not key.is_admin:
+        stmt = stmt.where(Batch.tenant == key.tenant)
+    if after:
+        cursor = owned(await session.get(Batch, after), key, "batch", after)
+        stmt = stmt.where(
+            sa.or_(
+                Batch.created_at < cursor.created_at,
+                sa.and_(Batch.created_at == cursor.created_at, Batch.id < cursor.id),
+            )
+        )
+    rows = list((await session.execute(stmt)).scalars())
+    page = rows[:limit]
+    data = [batch_out(b, await summarize(session, b.id)) for b in page]
+    return BatchList(
+        data=data,
+        first_id=page[0].id if page else None,
+        last_id=page[-1].id if page else None,
+        has_more=len(rows) > limit,
+    )
+
+
+@router.post("/{batch_id}/cancel", operation_id="cancel_batch")
+async def cancel_batch_route(batch_id: str, key: CurrentKey, session: SessionDep) -> BatchOut:
+    """Cancel: lines not yet started end `batch_cancelled`; finished results are kept."""
+    batch = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
+    if batch.status not in (
+        BatchStatus.VALIDATING,
+        BatchStatus.IN_PROGRESS,
+        BatchStatus.CANCELLING,
+        BatchStatus.CANCELLED,
+    ):
+        raise HTTPException(409, f"A batch that is {batch.status} cannot be cancelled.")
+    batch = await cancel_batch(session, batch)
+    return batch_out(batch, await summarize(session, batch.id))

@@ -1,0 +1,64 @@
+"""OpenAI Files: upload a batch input, read file objects and contents."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from fastapi import APIRouter, Form, HTTPException, UploadFile
+from fastapi.responses import StreamingResponse
+
+from promptq.api.deps import CurrentKey, SessionDep, StateDep, owned
+from promptq.api.schemas import FileOut, file_out
+from promptq.batches import stream_results
+from promptq.files import store_upload, stream_input_lines
+from promptq.models import File, FilePurpose
+
+router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+@router.post("", operation_id="create_file")
+async def create_file(
+    file: UploadFile,
+    purpose: Annotated[str, Form()],
+    key: CurrentKey,
+    session: SessionDep,
+    state: StateDep,
+) -> FileOut:
+    """Upload a JSONL batch input; each line is checked now, bad lines fail alone later."""
+    if purpose != FilePurpose.BATCH:
+        raise HTTPException(400, "Only purpose 'batch' can be uploaded.")
+    # Starlette spooled the upload to a temporary file; parse it from there, line by line.
+    await anyio.to_thread.run_sync(file.file.seek, 0)
+    stored = await store_upload(
+        session,
+        key.tenant,
+        file.filename or "upload.jsonl",
+        file.file,
+        state.settings.max_file_lines,
+    )
+    return file_out(stored)
+
+
+@router.get("/{file_id}", operation_id="get_file")
+async def get_file(file_id: str, key: CurrentKey, session: SessionDep) -> FileOut:
+    """A file object."""
+    return file_out(owned(await session.get(File, file_id), key, "file", file_id))
+
+
+@router.get("/{file_id}/content", operation_id="get_file_content", response_class=StreamingResponse)
+async def get_file_content(file_id: str, key: CurrentKey, state: StateDep) -> StreamingResponse:
+    """A file's JSONL content, streamed: input lines, or a batch's output or error lines."""
+    async with state.db.session() as session:
+        file = owned(await session.get(File, file_id), key, "file", file_id)
+
+    async def lines() -> object:
+        async with state.db.session() as session:
+            if file.purpose == FilePurpose.BATCH:
+                source = stream_input_lines(session, file.id)
+            else:
+                source = stream_results(session, file.batch_id or "", FilePurpose(file.purpose))
+            async for chunk in source:
+                yield chunk
+
+    return StreamingResponse(lines(), media_type="application/jsonl")  # type: ignore[arg-type]

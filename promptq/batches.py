@@ -1,0 +1,328 @@
+"""Batches: made from an uploaded file in a few set-based statements; counts, usage and the
+output and error files are derived from their jobs."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from promptq.catalog import Catalog
+from promptq.errors import InvalidRequest
+from promptq.formats import batch_error_line, batch_output_line
+from promptq.ids import new_id
+from promptq.models import (
+    TERMINAL_BATCH_STATUSES,
+    Batch,
+    BatchStatus,
+    File,
+    FileLine,
+    FilePurpose,
+    Job,
+    JobStatus,
+    utcnow,
+)
+from promptq.scheduler.routing import queue_for
+
+__all__ = [
+    "BatchSummary",
+    "cancel_batch",
+    "create_batch",
+    "expire_batch",
+    "finalize_batch",
+    "parse_window",
+    "stream_results",
+    "summarize",
+]
+
+_WINDOW = re.compile(r"^(\d+)([smhd])$")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def parse_window(window: str) -> timedelta:
+    """`24h`, `30m`, `7d` ... as a duration; 400 `invalid_completion_window` otherwise."""
+    match = _WINDOW.match(window)
+    if not match or int(match.group(1)) == 0:
+        raise InvalidRequest(
+            "invalid_completion_window",
+            "completion_window must look like '24h' (a number and s, m, h or d).",
+        )
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > 30 * 86400:
+        raise InvalidRequest("invalid_completion_window", "completion_window is at most 30d.")
+    return timedelta(seconds=seconds)
+
+
+def _job_id(batch_id: str) -> sa.ColumnElement[str]:
+    # Job ids of batch lines are made in SQL: job_<batch hex>_<line number>.
+    return sa.literal(f"job_{batch_id.removeprefix('batch_')}_") + sa.cast(
+        FileLine.line_no, sa.String
+    )
+
+
+def _insert_jobs(batch: Batch, where: sa.ColumnElement[bool], values: dict[str, Any]) -> sa.Insert:
+    cols: dict[str, sa.ColumnElement[Any]] = {
+        "id": _job_id(batch.id),
+        "tenant": sa.literal(batch.tenant),
+        "batch_id": sa.literal(batch.id),
+        "line_no": FileLine.line_no,
+        "custom_id": FileLine.custom_id,
+        "model": FileLine.model,
+        "body": FileLine.body,
+        "priority": sa.literal(batch.priority),
+        "attempts": sa.literal(0),
+        "created_at": sa.literal(batch.created_at, type_=Job.created_at.type),
+        "webhook_url": sa.literal(None, type_=sa.Text),
+        **{
+            k: v if isinstance(v, sa.ColumnElement) else sa.literal(v, type_=getattr(Job, k).type)
+            for k, v in values.items()
+        },
+    }
+    select = sa.select(*[c.label(k) for k, c in cols.items()]).where(
+        FileLine.file_id == batch.input_file_id, where
+    )
+    return sa.insert(Job).from_select(list(cols), select)
+
+
+async def create_batch(
+    session: AsyncSession, catalog: Catalog, batch: Batch, max_attempts: int
+) -> Batch:
+    """Turn the input file's lines into jobs: valid lines queued per model, the rest failed
+    with their line's error. Fails the batch if no line can run."""
+    session.add(batch)
+    await session.flush()
+    ok = sa.and_(FileLine.error_code.is_(None), FileLine.url == batch.endpoint)
+    now = utcnow()
+    for name, entry in catalog.items():
+        values = {
+            "status": JobStatus.QUEUED,
+            "queue": queue_for(entry),
+            "max_attempts": max_attempts,
+        }
+        await session.execute(_insert_jobs(batch, sa.and_(ok, FileLine.model == name), values))
+    failures: list[tuple[sa.ColumnElement[bool], dict[str, Any]]] = [
+        (
+            FileLine.error_code.is_not(None),
+            {"error_code": FileLine.error_code, "error_message": FileLine.error_message},
+        ),
+        (
+            sa.and_(FileLine.error_code.is_(None), FileLine.url != batch.endpoint),
+            {
+                "error_code": "invalid_url",
+                "error_message": f"url does not match the batch endpoint {batch.endpoint}.",
+            },
+        ),
+        (
+            sa.and_(ok, FileLine.model.not_in(list(catalog))),
+            {"error_code": "model_not_found", "error_message": "The model does not exist."},
+        ),
+    ]
+    for where, extra in failures:
+        values = {
+            "status": JobStatus.FAILED,
+            "finished_at": now,
+            "max_attempts": max_attempts,
+            **extra,
+        }
+        await session.execute(_insert_jobs(batch, where, values))
+    queued = await session.scalar(
+        sa.select(sa.func.count()).where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+    )
+    if queued:
+        batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
+    else:
+        batch.status, batch.failed_at = BatchStatus.FAILED, now
+        batch.errors = [{"code": "no_valid_lines", "message": "No line of the file can run."}]
+    await session.commit()
+    if batch.status is BatchStatus.FAILED:
+        await finalize_batch(session, batch.id)
+    return batch
+
+
+class BatchSummary:
+    """Request counts and usage of a batch, derived from its jobs in one query."""
+
+    def __init__(self, counts: dict[JobStatus, int], usage: tuple[int, int, Decimal]) -> None:
+        self.counts = counts
+        self.prompt_tokens, self.completion_tokens, self.cost_usd = usage
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def open(self) -> int:
+        return sum(self.counts.get(s, 0) for s in OPEN_STATUSES)
+
+    def request_counts(self) -> dict[str, int]:
+        """OpenAI's request_counts, plus the cancelled and expired lines."""
+        return {
+            "total": self.total,
+            "completed": self.counts.get(JobStatus.SUCCEEDED, 0),
+            "failed": self.counts.get(JobStatus.FAILED, 0),
+            "cancelled": self.counts.get(JobStatus.CANCELLED, 0),
+            "expired": self.counts.get(JobStatus.EXPIRED, 0),
+        }
+
+
+async def summarize(session: AsyncSession, batch_id: str) -> BatchSummary:
+    """Counts by status and summed usage of one batch."""
+    stmt = (
+        sa.select(
+            Job.status,
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(Job.prompt_tokens), 0),
+            sa.func.coalesce(sa.func.sum(Job.completion_tokens), 0),
+            sa.func.coalesce(sa.func.sum(Job.cost_usd), 0),
+        )
+        .where(Job.batch_id == batch_id)
+        .group_by(Job.status)
+    )
+    counts: dict[JobStatus, int] = {}
+    prompt = completion = 0
+    cost = Decimal(0)
+    for status, n, p, c, usd in (await session.execute(stmt)).all():
+        counts[JobStatus(status)] = n
+        prompt, completion, cost = prompt + int(p), completion + int(c), cost + Decimal(usd)
+    return BatchSummary(counts, (prompt, completion, cost))
+
+
+async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
+    """If no job of the batch is open, move it to its final state and make its files.
+
+    A guarded UPDATE: of two workers finishing the last jobs at once, one finalizes."""
+    summary = await summarize(session, batch_id)
+    if summary.open:
+        return False
+    batch = await session.get(Batch, batch_id, with_for_update=not _is_sqlite(session))
+    if batch is None or (batch.status in TERMINAL_BATCH_STATUSES and batch.output_file_id):
+        await session.rollback()
+        return False
+    final = {
+        BatchStatus.IN_PROGRESS: BatchStatus.COMPLETED,
+        BatchStatus.FINALIZING: BatchStatus.COMPLETED,
+        BatchStatus.CANCELLING: BatchStatus.CANCELLED,
+    }.get(batch.status, batch.status)
+    now = utcnow()
+    succeeded = summary.counts.get(JobStatus.SUCCEEDED, 0)
+    failed = summary.total - succeeded
+    batch.output_file_id = _result_file(session, batch, FilePurpose.BATCH_OUTPUT, succeeded)
+    batch.error_file_id = _result_file(session, batch, FilePurpose.BATCH_ERROR, failed)
+    batch.finalizing_at = batch.finalizing_at or now
+    if final is not batch.status:
+        batch.status = final
+        if final is BatchStatus.COMPLETED:
+            batch.completed_at = now
+        else:
+            batch.cancelled_at = now
+    await session.commit()
+    return True
+
+
+def _is_sqlite(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "sqlite"
+
+
+def _result_file(
+    session: AsyncSession, batch: Batch, purpose: FilePurpose, lines: int
+) -> str | None:
+    if lines == 0:
+        return None
+    suffix = "output" if purpose is FilePurpose.BATCH_OUTPUT else "error"
+    file = File(
+        id=new_id("file-"),
+        tenant=batch.tenant,
+        purpose=purpose,
+        batch_id=batch.id,
+        filename=f"{batch.id}_{suffix}.jsonl",
+        line_count=lines,
+    )
+    session.add(file)
+    return file.id
+
+
+async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
+    """Cancel: queued lines end `batch_cancelled`, running ones finish; results are kept."""
+    if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
+        now = utcnow()
+        batch.status, batch.cancelling_at = BatchStatus.CANCELLING, now
+        await session.execute(
+            sa.update(Job)
+            .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+            .values(
+                status=JobStatus.CANCELLED,
+                finished_at=now,
+                error_code="batch_cancelled",
+                error_message="The batch was cancelled before this request ran.",
+            )
+            .execution_options(synchronize_session=False)
+        )
+        await session.commit()
+        await finalize_batch(session, batch.id)
+        await session.refresh(batch)
+    return batch
+
+
+async def expire_batch(session: AsyncSession, batch: Batch) -> None:
+    """The completion window passed: queued lines end `batch_expired`, running ones finish,
+    finished results are kept."""
+    now = utcnow()
+    await session.execute(
+        sa.update(Job)
+        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
+        .values(
+            status=JobStatus.EXPIRED,
+            finished_at=now,
+            error_code="batch_expired",
+            error_message="The batch's completion window ended before this request ran.",
+        )
+        .execution_options(synchronize_session=False)
+    )
+    batch.status, batch.expired_at = BatchStatus.EXPIRED, now
+    await session.commit()
+    await finalize_batch(session, batch.id)
+
+
+async def stream_results(
+    session: AsyncSession, batch_id: str, purpose: FilePurpose
+) -> AsyncIterator[bytes]:
+    """The lines of a batch's output or error file, in input order, made from its jobs."""
+    wanted = (
+        Job.status == JobStatus.SUCCEEDED
+        if purpose is FilePurpose.BATCH_OUTPUT
+        else Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED])
+    )
+    stmt = (
+        sa.select(
+            Job.id,
+            Job.custom_id,
+            Job.response,
+            Job.status,
+            Job.error_code,
+            Job.error_message,
+            Job.error_status,
+        )
+        .where(Job.batch_id == batch_id, wanted)
+        .order_by(Job.line_no)
+        .execution_options(yield_per=1000)
+    )
+    result = await session.stream(stmt)
+    async for row in result:
+        if row.status == JobStatus.SUCCEEDED:
+            line = batch_output_line(row.id, row.custom_id, row.response or {})
+        else:
+            line = batch_error_line(
+                row.id,
+                row.custom_id,
+                row.error_code or "failed",
+                row.error_message or "",
+                row.error_status,
+            )
+        yield (json.dumps(line, separators=(",", ":")) + "\n").encode()

@@ -1,0 +1,140 @@
+"""The models file: every model clients may name, its backend, prices and limits."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from promptq.errors import ConfigError, ModelNotFound
+
+__all__ = ["DEFAULT_MODELS_FILE", "Backend", "Catalog", "ModelEntry", "load_catalog"]
+
+DEFAULT_MODELS_FILE = Path(__file__).parent / "data" / "models.toml"
+
+
+class Backend(StrEnum):
+    """Which worker runs a model."""
+
+    #: OpenAI-compatible chat completions over HTTP (OpenAI, vLLM servers, relays).
+    OPENAI = "openai"
+    #: Anthropic Messages over HTTP.
+    ANTHROPIC = "anthropic"
+    #: A vLLM engine inside promptq's own GPU worker.
+    VLLM = "vllm"
+
+
+class ModelEntry(BaseModel):
+    """One `[[models]]` entry of the models file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    backend: Backend
+    upstream: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    input_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    # vLLM engine options (backend = "vllm").
+    source: str | None = None
+    max_model_len: int | None = Field(default=None, gt=0)
+    max_num_seqs: int = Field(default=32, gt=0)
+    dtype: str = "auto"
+    gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
+    cpu_kvcache_gib: float | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _backend_fields(self) -> ModelEntry:
+        if self.backend is Backend.VLLM:
+            if not self.source:
+                raise ValueError("backend 'vllm' needs 'source' (a directory or a built-in name)")
+        elif not self.base_url:
+            raise ValueError(f"backend {self.backend.value!r} needs 'base_url'")
+        return self
+
+    @property
+    def upstream_name(self) -> str:
+        """The model name sent to the provider."""
+        return self.upstream or self.name
+
+    def api_key(self) -> str | None:
+        """The provider key, read from the environment at call time (never stored)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> Decimal:
+        """USD for one completion at this model's per-million-token prices."""
+        total = prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok
+        return (total / Decimal(1_000_000)).quantize(Decimal("1e-10"))
+
+
+@dataclass(frozen=True)
+class Catalog(Mapping[str, ModelEntry]):
+    """The models clients may use, by name."""
+
+    entries: Mapping[str, ModelEntry]
+    path: Path | None = None
+
+    def __getitem__(self, name: str) -> ModelEntry:
+        return self.entries[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def require(self, name: object) -> ModelEntry:
+        """The entry for `name`, or ModelNotFound (a 400 with code model_not_found)."""
+        entry = self.entries.get(name) if isinstance(name, str) else None
+        if entry is None:
+            raise ModelNotFound(str(name))
+        return entry
+
+
+def _entry_error(index: int, raw: Mapping[str, Any], exc: ValidationError) -> ConfigError:
+    name = raw.get("name", "?")
+    problems = "; ".join(
+        f"{'.'.join(str(p) for p in err['loc']) or 'entry'}: {err['msg']}" for err in exc.errors()
+    )
+    return ConfigError(f"models file: entry #{index + 1} ({name!r}): {problems}")
+
+
+def parse_catalog(data: Mapping[str, Any], path: Path | None = None) -> Catalog:
+    """Validate parsed TOML; errors name the bad entry and field."""
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        raise ConfigError("models file: needs at least one [[models]] entry")
+    entries: dict[str, ModelEntry] = {}
+    for index, raw in enumerate(raw_models):
+        if not isinstance(raw, dict):
+            raise ConfigError(f"models file: entry #{index + 1} is not a table")
+        try:
+            entry = ModelEntry.model_validate(raw)
+        except ValidationError as exc:
+            raise _entry_error(index, raw, exc) from None
+        if entry.name in entries:
+            raise ConfigError(f"models file: entry #{index + 1}: duplicate name {entry.name!r}")
+        entries[entry.name] = entry
+    return Catalog(entries=entries, path=path)
+
+
+def load_catalog(path: Path | None) -> Catalog:
+    """Read the models file at `path` (the bundled default when None)."""
+    path = path or DEFAULT_MODELS_FILE
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"models file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"models file {path}: not valid TOML: {exc}") from None
+    return parse_catalog(data, path)

@@ -1,0 +1,87 @@
+"""A small synchronous client of promptq's API, for the CLI and the demo."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+__all__ = ["Client", "TERMINAL_BATCH"]
+
+TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
+
+
+class Client:
+    """Upload, create a batch, poll it and fetch its results over HTTP."""
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 300.0) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=timeout,
+            headers={"Authorization": f"Bearer {api_key}"},
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                detail = f"{error['code']}: {error['message']}"
+            except (ValueError, KeyError, TypeError):
+                detail = response.text[:300]
+            raise RuntimeError(f"HTTP {response.status_code} from promptq: {detail}")
+        data: dict[str, Any] = response.json()
+        return data
+
+    def upload(self, path: Path | str, stream: BinaryIO | None = None) -> dict[str, Any]:
+        """Upload a JSONL batch input file."""
+        path = Path(path)
+        with stream or path.open("rb") as fh:
+            files = {"file": (path.name, fh, "application/jsonl")}
+            return self._json(self._http.post("/v1/files", files=files, data={"purpose": "batch"}))
+
+    def create_batch(
+        self, file_id: str, priority: int | None = None, metadata: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "input_file_id": file_id,
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            "metadata": metadata,
+        }
+        if priority is not None:
+            body["priority"] = priority
+        return self._json(self._http.post("/v1/batches", json=body))
+
+    def get(self, object_id: str) -> dict[str, Any]:
+        """A batch (batch_…) or a job (job_…)."""
+        kind = "batches" if object_id.startswith("batch_") else "jobs"
+        return self._json(self._http.get(f"/v1/{kind}/{object_id}"))
+
+    def wait(
+        self, batch_id: str, on_progress: Callable[[dict[str, Any]], None], interval: float = 0.5
+    ) -> dict[str, Any]:
+        """Poll a batch until it is terminal, reporting each poll."""
+        while True:
+            batch = self.get(batch_id)
+            on_progress(batch)
+            if batch["status"] in TERMINAL_BATCH:
+                return batch
+            time.sleep(interval)
+
+    def download(self, file_id: str, out: BinaryIO) -> int:
+        """Write a file's content to `out`; returns the bytes written."""
+        written = 0
+        with self._http.stream("GET", f"/v1/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            for chunk in response.iter_bytes():
+                out.write(chunk)
+                written += len(chunk)
+        return written

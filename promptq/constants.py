@@ -1,0 +1,28 @@
+"""Every Redis key prefix, queue name and task name, named once."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BROKER_EPOCH_KEY",
+    "GPU_QUEUE_PREFIX",
+    "PRIORITY_STEPS",
+    "REMOTE_QUEUE",
+    "TASK_RUN_CHUNK",
+    "gpu_queue",
+]
+
+#: Queue of the remote workers (OpenAI-compatible and Anthropic providers).
+REMOTE_QUEUE = "promptq.remote"
+#: GPU queues are per model: a GPU worker loads one engine for one model.
+GPU_QUEUE_PREFIX = "promptq.gpu."
+#: The Celery task that runs a micro-batch (a chunk of job ids).
+TASK_RUN_CHUNK = "promptq.run_chunk"
+#: Redis priority levels per queue; 0 is served first.
+PRIORITY_STEPS = 10
+#: Set by the scheduler in the broker's Redis; its absence means Redis lost its data.
+BROKER_EPOCH_KEY = "promptq:broker-epoch"
+
+
+def gpu_queue(model: str) -> str:
+    """The queue a GPU worker for `model` consumes."""
+    return f"{GPU_QUEUE_PREFIX}{model}"

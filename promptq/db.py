@@ -1,0 +1,74 @@
+"""Database engines and sessions: async for the API and workers, sync for migrations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
+
+from promptq.config import Settings, sqlalchemy_url
+
+__all__ = ["Database", "create_sync_engine"]
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # Several processes share the demo's SQLite file: WAL lets readers run beside
+    # one writer, and the busy timeout makes writers wait instead of failing.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def create_sync_engine(url: str) -> sa.Engine:
+    """A synchronous engine (migrations, CLI), with the right driver for a plain URL."""
+    engine = sa.create_engine(sqlalchemy_url(url, asynchronous=False), pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+class Database:
+    """The async engine and session factory of one process."""
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        async_url = sqlalchemy_url(url, asynchronous=True)
+        options: dict[str, Any] = {"pool_pre_ping": True}
+        if not async_url.startswith("sqlite"):
+            options.update(pool_size=pool_size, max_overflow=pool_size)
+        self.engine: AsyncEngine = create_async_engine(async_url, **options)
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Database:
+        """The database the settings name."""
+        return cls(settings.effective_database_url, pool_size=pool_size)
+
+    @property
+    def is_sqlite(self) -> bool:
+        """Whether this is the embedded SQLite file (no SKIP LOCKED, one writer)."""
+        return self.engine.dialect.name == "sqlite"
+
+    def session(self) -> AsyncSession:
+        """A new session; use it as an async context manager."""
+        return self.sessions()
+
+    async def ping(self) -> None:
+        """Raise if the database cannot answer a trivial query."""
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()

@@ -1,0 +1,1 @@
+"""Routing, priorities, micro-batch dispatch, and the periodic sweeper."""

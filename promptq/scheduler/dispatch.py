@@ -1,0 +1,83 @@
+"""Delivery: stored, queued jobs go to Redis as messages naming chunks of job ids."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+import structlog
+from celery import Celery
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from promptq.constants import TASK_RUN_CHUNK
+from promptq.models import Job, JobStatus, utcnow
+from promptq.scheduler.routing import queue_step
+
+__all__ = ["dispatch_queued", "publish"]
+
+log = structlog.get_logger(__name__)
+
+
+def publish(app: Celery, rows: Sequence[tuple[str, str, int]], chunk_size: int) -> list[str]:
+    """Send (job id, queue, step) rows as chunk messages, in the given order; returns the ids
+    sent. Raises if the broker is unreachable."""
+    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
+    for job_id, queue, step in rows:
+        groups[(queue, step)].append(job_id)
+    sent: list[str] = []
+    with app.producer_or_acquire() as producer:
+        for (queue, step), ids in groups.items():
+            for start in range(0, len(ids), chunk_size):
+                chunk = ids[start : start + chunk_size]
+                app.send_task(
+                    TASK_RUN_CHUNK,
+                    args=[chunk, step],
+                    queue=queue,
+                    priority=step,
+                    producer=producer,
+                )
+                sent.extend(chunk)
+    return sent
+
+
+async def dispatch_queued(
+    session: AsyncSession,
+    app: Celery,
+    chunk_size: int,
+    where: sa.ColumnElement[bool],
+    *,
+    limit: int | None = None,
+) -> int:
+    """Publish queued jobs matching `where` and mark them enqueued; returns how many.
+
+    If the broker is down the jobs stay queued and unmarked, and the sweeper sends them later."""
+    stmt = (
+        sa.select(Job.id, Job.queue, Job.priority, Job.batch_id)
+        .where(where, Job.status == JobStatus.QUEUED)
+        .order_by(Job.priority, Job.created_at, Job.line_no)
+        .limit(limit)
+    )
+    rows = [
+        (r.id, r.queue or "", queue_step(r.priority, interactive=r.batch_id is None))
+        for r in (await session.execute(stmt)).all()
+    ]
+    if not rows:
+        return 0
+    try:
+        sent = await asyncio.to_thread(publish, app, rows, chunk_size)
+    except Exception as exc:  # the broker is down; Postgres still holds every job
+        log.warning("dispatch.broker_unavailable", jobs=len(rows), error=str(exc))
+        return 0
+    now = utcnow()
+    for start in range(0, len(sent), 5000):
+        await session.execute(
+            sa.update(Job)
+            .where(Job.id.in_(sent[start : start + 5000]), Job.status == JobStatus.QUEUED)
+            .values(enqueued_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    await session.commit()
+    log.info("dispatch.published", jobs=len(sent))
+    return len(sent)

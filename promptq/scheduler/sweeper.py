@@ -1,0 +1,180 @@
+"""The sweeper: the periodic reconciler that makes Postgres's truth happen in Redis.
+
+It re-queues jobs whose lease expired (a dead worker), fails those out of attempts (a
+poison prompt cannot loop forever), re-sends queued jobs whose message was never sent or
+was lost (Redis restarted or flushed), expires batches past their window and finalizes
+batches whose jobs are all done."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+import sqlalchemy as sa
+import structlog
+from celery import Celery
+
+from promptq.batches import expire_batch, finalize_batch
+from promptq.config import Settings
+from promptq.constants import BROKER_EPOCH_KEY
+from promptq.db import Database
+from promptq.ids import new_id
+from promptq.models import Batch, BatchStatus, Job, JobStatus, utcnow
+from promptq.scheduler.dispatch import dispatch_queued
+
+__all__ = ["SweepReport", "Sweeper"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class SweepReport:
+    """What one sweep did, for logs and tests."""
+
+    requeued: int = 0
+    failed: int = 0
+    published: int = 0
+    expired_batches: int = 0
+    finalized_batches: int = 0
+    broker_reset: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+class Sweeper:
+    """One reconciler; run `sweep()` periodically (several sweepers may run at once)."""
+
+    def __init__(
+        self, settings: Settings, db: Database, celery: Celery, redis: aioredis.Redis
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.celery = celery
+        self.redis = redis
+
+    async def run_forever(self) -> None:
+        """Sweep every `sweep_interval_seconds` until cancelled."""
+        while True:
+            try:
+                report = await self.sweep()
+                if report.requeued or report.failed or report.published or report.broker_reset:
+                    log.info("sweeper.swept", **report.__dict__)
+            except Exception:
+                log.exception("sweeper.failed")
+            await asyncio.sleep(self.settings.sweep_interval_seconds)
+
+    async def sweep(self) -> SweepReport:
+        """One pass over leases, deliveries and batches."""
+        report = SweepReport()
+        await self._expired_leases(report)
+        await self._broker_epoch(report)
+        await self._deliver(report)
+        await self._batches(report)
+        return report
+
+    async def _expired_leases(self, report: SweepReport) -> None:
+        now = utcnow()
+        expired = sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
+        async with self.db.session() as session:
+            failed = await session.execute(
+                sa.update(Job)
+                .where(expired, Job.attempts >= Job.max_attempts)
+                .values(
+                    status=JobStatus.FAILED,
+                    finished_at=now,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    error_code="max_attempts_exceeded",
+                    error_message=sa.literal("The job's worker was lost on every attempt ")
+                    + sa.literal("(the job may crash its worker)."),
+                )
+                .returning(Job.id)
+                .execution_options(synchronize_session=False)
+            )
+            report.failed = len(failed.all())
+            requeued = await session.execute(
+                sa.update(Job)
+                .where(expired, Job.attempts < Job.max_attempts)
+                .values(
+                    status=JobStatus.QUEUED,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    enqueued_at=None,
+                )
+                .execution_options(synchronize_session=False)
+            )
+            await session.commit()
+        report.requeued = int(requeued.rowcount)  # type: ignore[attr-defined]
+
+    async def _broker_epoch(self, report: SweepReport) -> None:
+        # A missing epoch key means Redis lost its data: every queued job's message may be
+        # gone, so all of them are sent again (claims are guarded, duplicates are harmless).
+        try:
+            created = await self.redis.set(BROKER_EPOCH_KEY, new_id("epoch_"), nx=True)
+        except Exception as exc:
+            report.errors.append(f"redis: {exc}")
+            return
+        if created:
+            async with self.db.session() as session:
+                await session.execute(
+                    sa.update(Job)
+                    .where(Job.status == JobStatus.QUEUED)
+                    .values(enqueued_at=None)
+                    .execution_options(synchronize_session=False)
+                )
+                await session.commit()
+            report.broker_reset = True
+
+    async def _deliver(self, report: SweepReport) -> None:
+        cutoff = utcnow() - timedelta(seconds=self.settings.requeue_after_seconds)
+        where = sa.or_(Job.enqueued_at.is_(None), Job.enqueued_at < cutoff)
+        async with self.db.session() as session:
+            report.published = await dispatch_queued(
+                session, self.celery, self.settings.chunk_size, where, limit=20_000
+            )
+
+    async def _batches(self, report: SweepReport) -> None:
+        now = utcnow()
+        async with self.db.session() as session:
+            overdue = (
+                (
+                    await session.execute(
+                        sa.select(Batch).where(
+                            Batch.status.in_([BatchStatus.IN_PROGRESS, BatchStatus.VALIDATING]),
+                            Batch.expires_at < now,
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            for batch in overdue:
+                await expire_batch(session, batch)
+                report.expired_batches += 1
+            open_ids = (
+                (
+                    await session.execute(
+                        sa.select(Batch.id).where(
+                            sa.or_(
+                                Batch.status.in_(
+                                    [
+                                        BatchStatus.IN_PROGRESS,
+                                        BatchStatus.CANCELLING,
+                                        BatchStatus.FINALIZING,
+                                    ]
+                                ),
+                                sa.and_(
+                                    Batch.status == BatchStatus.EXPIRED,
+                                    Batch.finalizing_at.is_(None),
+                                ),
+                            )
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        for batch_id in open_ids:
+            async with self.db.session() as session:
+                report.finalized_batches += await finalize_batch(session, batch_id)

@@ -1,0 +1,1 @@
+"""Celery workers: the remote worker (provider APIs) and the GPU worker (vLLM)."""

@@ -1,0 +1,40 @@
+"""The Celery app: Redis broker with priority steps, late acks, events for Flower."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from promptq.config import Settings
+from promptq.constants import PRIORITY_STEPS, REMOTE_QUEUE
+
+__all__ = ["make_celery"]
+
+
+def make_celery(settings: Settings) -> Celery:
+    """A Celery app on the settings' Redis; the queues carry chunks of job ids."""
+    app = Celery("promptq", broker=settings.redis_url, set_as_current=False)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        task_default_queue=REMOTE_QUEUE,
+        # A message is acked only once its jobs are claimed in Postgres; a worker that
+        # dies before that leaves the message to be delivered again.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={
+            "priority_steps": list(range(PRIORITY_STEPS)),
+            "sep": ":",
+            "queue_order_strategy": "priority",
+            # Longer than any lease: the sweeper, not Redis, recovers running jobs.
+            "visibility_timeout": int(settings.lease_seconds * 2 + 60),
+        },
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+    )
+    return app

@@ -1,0 +1,279 @@
+"""The worker runtime: one event loop per worker process that holds the backends (pooled
+HTTP client or vLLM engine), admits micro-batches from Celery, and runs their jobs
+concurrently under leases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import structlog
+
+from promptq.catalog import Catalog, ModelEntry
+from promptq.config import Settings
+from promptq.db import Database
+from promptq.errors import RetryableError, TerminalError
+from promptq.formats import chat_completion_body
+from promptq.jobs import (
+    ClaimedJob,
+    JobOutcome,
+    bump_attempt,
+    claim,
+    record_failure,
+    record_success,
+    release,
+    renew_leases,
+)
+from promptq.retry import backoff_delay
+from promptq.scheduler.routing import BULK_BAND
+from promptq.workers.completion import Backend, Completion, JobRequest
+
+__all__ = ["BackendFactory", "WorkerRuntime", "worker_id"]
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+BackendFactory = Callable[[ModelEntry], Awaitable[Backend]]
+
+
+def worker_id(kind: str) -> str:
+    """A lease owner name unique to this process: kind@host:pid."""
+    return f"{kind}@{socket.gethostname()}:{os.getpid()}"
+
+
+class WorkerRuntime:
+    """Runs claimed jobs on a private event loop; Celery threads call `admit`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        make_backend: BackendFactory,
+        *,
+        kind: str,
+        max_in_flight: int,
+        on_stop: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.owner = worker_id(kind)
+        self.max_in_flight = max_in_flight
+        self._make_backend = make_backend
+        self._on_stop = on_stop
+        self._stopped = False
+        self._backends: dict[str, Backend] = {}
+        self._running: dict[str, ClaimedJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batches_to_check: set[str] = set()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="promptq-loop", daemon=True
+        )
+        self._capacity: asyncio.Condition | None = None
+        self._db: Database | None = None
+        self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
+
+    # -- life cycle (called from Celery's threads) ---------------------------------
+    def start(self, preload: list[ModelEntry] | None = None) -> None:
+        """Start the loop and the database pool; load backends for `preload` now."""
+        self._thread.start()
+        self.call(self._start(preload or []))
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        """Run a coroutine on the runtime's loop and wait for its result."""
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout)
+
+    def admit(self, job_ids: list[str], step: int) -> int:
+        """Claim a chunk once there is room (interactive chunks at once); returns how many
+        jobs were claimed. Blocks the calling Celery thread, not the loop."""
+        return self.call(self._admit(job_ids, step))
+
+    def stop(self, drain_seconds: float = 30.0) -> None:
+        """Let running jobs finish for up to `drain_seconds`, hand the rest back, close."""
+        if self._thread.is_alive() and not self._stopped:
+            self._stopped = True
+            self.call(self._stop(drain_seconds))
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+
+    @property
+    def in_flight(self) -> int:
+        """Jobs claimed by this process and not yet finished."""
+        return len(self._running)
+
+    # -- on the loop -----------------------------------------------------------------
+    async def _start(self, preload: list[ModelEntry]) -> None:
+        self._capacity = asyncio.Condition()
+        self._db = Database.from_settings(self.settings, pool_size=20)
+        for entry in preload:
+            await self._backend(entry)
+        self._spawn(self._heartbeat())
+        self._spawn(self._batch_checker())
+        log.info("worker.started", owner=self.owner, max_in_flight=self.max_in_flight)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _backend(self, entry: ModelEntry) -> Backend:
+        backend = self._backends.get(entry.name)
+        if backend is None:
+            backend = await self._make_backend(entry)
+            self._backends[entry.name] = backend
+        return backend
+
+    @property
+    def db(self) -> Database:
+        assert self._db is not None, "runtime not started"
+        return self._db
+
+    async def _admit(self, job_ids: list[str], step: int) -> int:
+        assert self._capacity is not None
+        if step >= BULK_BAND:
+            async with self._capacity:
+                await self._capacity.wait_for(lambda: len(self._running) < self.max_in_flight)
+        async with self.db.session() as session:
+            jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
+        for job in jobs:
+            self._running[job.id] = job
+            self._spawn(self._run(job))
+        self.counters["claimed"] += len(jobs)
+        return len(jobs)
+
+    async def _run(self, job: ClaimedJob) -> None:
+        try:
+            await self._attempt(job)
+        except Exception:  # a bug, not a provider error: the lease expires and it is retried
+            log.exception("job.crashed", job_id=job.id, attempt=job.attempt)
+        finally:
+            self._running.pop(job.id, None)
+            if job.batch_id:
+                self._batches_to_check.add(job.batch_id)
+            assert self._capacity is not None
+            async with self._capacity:
+                self._capacity.notify_all()
+
+    async def _attempt(self, job: ClaimedJob) -> None:
+        entry = self.catalog.get(job.model)
+        if entry is None:
+            await self._fail(job, TerminalError("model_not_found", f"Unknown model {job.model!r}."))
+            return
+        backend = await self._backend(entry)
+        current: ClaimedJob | None = job
+        while current is not None:
+            request = JobRequest(
+                current.id,
+                current.attempt,
+                entry.name,
+                entry.upstream_name,
+                current.body,
+                current.priority,
+            )
+            try:
+                completion = await backend.complete(request)
+            except TerminalError as exc:
+                await self._fail(current, exc)
+                return
+            except RetryableError as exc:
+                current = await self._retry_or_fail(current, exc)
+                continue
+            await self._succeed(current, entry, completion)
+            return
+
+    async def _retry_or_fail(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
+        if job.attempt >= job.max_attempts:
+            message = f"{exc.message} (gave up after {job.attempt} attempts)"
+            await self._fail(job, RetryableError(exc.code, message, exc.status_code))
+            return None
+        delay = backoff_delay(
+            job.attempt, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
+        )
+        log.info(
+            "job.retry", job_id=job.id, attempt=job.attempt, code=exc.code, delay=round(delay, 3)
+        )
+        self.counters["retried"] += 1
+        await asyncio.sleep(delay)
+        async with self.db.session() as session:
+            nxt = await bump_attempt(
+                session, job, self.settings.lease_seconds, exc.code, exc.message
+            )
+        if nxt is not None:
+            self._running[job.id] = nxt
+        return nxt
+
+    async def _succeed(self, job: ClaimedJob, entry: ModelEntry, completion: Completion) -> None:
+        response = completion.extra.get("response") or chat_completion_body(
+            job.id, entry.name, completion
+        )
+        outcome = JobOutcome(
+            content=completion.content,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            cost_usd=entry.cost(completion.prompt_tokens, completion.completion_tokens),
+            response=response,
+            ttft_ms=completion.ttft_ms,
+        )
+        async with self.db.session() as session:
+            stored = await record_success(session, job, outcome)
+        self.counters["succeeded" if stored else "lost"] += 1
+        if not stored:
+            log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
+
+    async def _fail(self, job: ClaimedJob, exc: TerminalError | RetryableError) -> None:
+        async with self.db.session() as session:
+            stored = await record_failure(session, job, exc.code, exc.message, exc.status_code)
+        self.counters["failed" if stored else "lost"] += 1
+        log.info("job.failed", job_id=job.id, attempt=job.attempt, code=exc.code)
+
+    async def _heartbeat(self) -> None:
+        interval = self.settings.lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            if self._running:
+                try:
+                    async with self.db.session() as session:
+                        await renew_leases(session, self.owner, self.settings.lease_seconds)
+                except Exception:
+                    log.exception("worker.heartbeat_failed", owner=self.owner)
+
+    async def _batch_checker(self) -> None:
+        # Finalize batches whose last jobs finished here; debounced, not once per job.
+        from promptq.batches import finalize_batch
+
+        while True:
+            await asyncio.sleep(0.5)
+            batches, self._batches_to_check = self._batches_to_check, set()
+            for batch_id in batches:
+                try:
+                    async with self.db.session() as session:
+                        await finalize_batch(session, batch_id)
+                except Exception:
+                    log.exception("batch.finalize_failed", batch_id=batch_id)
+
+    async def _stop(self, drain_seconds: float) -> None:
+        assert self._capacity is not None
+        try:
+            async with self._capacity:
+                await asyncio.wait_for(
+                    self._capacity.wait_for(lambda: not self._running), drain_seconds
+                )
+        except TimeoutError:
+            pass
+        if self._running:
+            async with self.db.session() as session:
+                released = await release(session, list(self._running.values()))
+            log.info("worker.released", jobs=len(released))
+        for task in list(self._tasks):
+            task.cancel()
+        for backend in self._backends.values():
+            await backend.aclose()
+        if self._on_stop is not None:
+            await self._on_stop()
+        await self.db.dispose()

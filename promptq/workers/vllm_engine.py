@@ -1,0 +1,291 @@
+"""One long-lived vLLM async engine: chat-completions bodies in, Completions out, priorities kept."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from promptq.errors import RetryableError, TerminalError
+from promptq.workers.completion import Completion, JobRequest
+
+__all__ = ["DEFAULT_MAX_TOKENS", "EngineOptions", "VllmEngine"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_MAX_TOKENS = 256
+GIB = 1 << 30
+# vLLM always streams the first token at once (that is our time to first token); after it,
+# one message per 16 tokens keeps the per-request asyncio traffic small under load.
+STREAM_INTERVAL = 16
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to start the engine: the model directory and the knobs vLLM exposes."""
+
+    model_path: str  # a local HF-format directory
+    max_model_len: int | None = None
+    max_num_seqs: int = 32
+    dtype: str = "auto"
+    gpu_memory_utilization: float | None = None
+    cpu_kvcache_gib: float | None = None  # KV cache size on vLLM's CPU backend
+    seed: int = 0
+    enforce_eager: bool = False
+
+
+@dataclass(frozen=True)
+class _Generated:
+    """What one streamed generation produced."""
+
+    text: str
+    token_count: int
+    finish_reason: str
+    ttft_ms: float | None
+    cached_tokens: int | None
+
+
+class VllmEngine:
+    """A started vLLM AsyncLLM; `complete` runs one job attempt in its continuous batch."""
+
+    def __init__(self, engine: Any, options: EngineOptions) -> None:
+        self._engine = engine
+        self._options = options
+        self._tokenizer: Any = engine.get_tokenizer()
+        self._max_model_len = int(engine.model_config.max_model_len)
+        self._max_num_seqs = int(engine.vllm_config.scheduler_config.max_num_seqs)
+        self._closed = False
+
+    @classmethod
+    async def start(cls, options: EngineOptions) -> VllmEngine:
+        """Load the model and start the engine process; blocks the running loop while it loads."""
+        # Imported here so promptq imports (and its API runs) without vLLM installed.
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.monotonic()
+        # Built inside the running loop on purpose: AsyncLLM starts its output-handler tasks
+        # on the loop it is created in, so engine failures are seen before the first request.
+        engine = AsyncLLM.from_engine_args(_engine_args(options))
+        handle = cls(engine, options)
+        log.info(
+            "vllm_engine.started",
+            model_path=options.model_path,
+            max_model_len=handle.max_model_len,
+            max_num_seqs=handle.max_num_seqs,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        return handle
+
+    @property
+    def max_num_seqs(self) -> int:
+        """How many sequences the engine runs in one batch."""
+        return self._max_num_seqs
+
+    @property
+    def max_model_len(self) -> int:
+        """The longest prompt plus completion, in tokens, that the engine accepts."""
+        return self._max_model_len
+
+    async def complete(self, request: JobRequest) -> Completion:
+        """Run one attempt of a chat-completions job; raises TerminalError or RetryableError."""
+        prompt_ids = self._prompt_ids(request.body)
+        params = self._sampling_params(request.body, len(prompt_ids))
+        request_id = f"{request.job_id}-{request.attempt}"
+        generated = await self._generate(prompt_ids, params, request_id, request.priority)
+        return Completion(
+            content=generated.text,
+            finish_reason=generated.finish_reason,
+            prompt_tokens=len(prompt_ids),
+            completion_tokens=generated.token_count,
+            ttft_ms=generated.ttft_ms,
+            request_id=request_id,
+            extra={"cached_prompt_tokens": generated.cached_tokens},
+        )
+
+    async def aclose(self) -> None:
+        """Stop the engine process; safe to call twice."""
+        if not self._closed:
+            self._closed = True
+            self._engine.shutdown()
+            log.info("vllm_engine.stopped", model_path=self._options.model_path)
+
+    def _prompt_ids(self, body: Mapping[str, Any]) -> list[int]:
+        """Render the messages with the model's chat template and check that they fit."""
+        messages = _chat_messages(body)
+        try:
+            text = self._tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=True
+            )
+        except Exception as exc:  # the template is model code: any failure means bad input
+            raise TerminalError(
+                "invalid_request", f"The model's chat template rejected the messages: {exc}"
+            ) from exc
+        # The template already wrote the special tokens the model expects.
+        ids = [int(token) for token in self._tokenizer.encode(str(text), add_special_tokens=False)]
+        if len(ids) + 1 > self._max_model_len:
+            raise TerminalError(
+                "context_length_exceeded",
+                f"This model's maximum context length is {self._max_model_len} tokens; "
+                f"the prompt has {len(ids)} tokens.",
+            )
+        return ids
+
+    def _sampling_params(self, body: Mapping[str, Any], prompt_len: int) -> Any:
+        """Map the OpenAI sampling fields onto vLLM's SamplingParams."""
+        from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind
+
+        options = _sampling_options(body, self._max_model_len - prompt_len)
+        try:
+            return SamplingParams(
+                **options, output_kind=RequestOutputKind.DELTA, stream_interval=STREAM_INTERVAL
+            )
+        except (VLLMClientError, ValueError, TypeError) as exc:
+            raise TerminalError("invalid_request", f"Invalid sampling parameters: {exc}") from exc
+
+    async def _generate(
+        self, prompt_ids: list[int], params: Any, request_id: str, priority: int
+    ) -> _Generated:
+        """Stream one request through the engine, timing its first token."""
+        from vllm.inputs import tokens_input
+
+        started = time.monotonic()
+        parts: list[str] = []
+        token_count = 0
+        ttft_ms: float | None = None
+        finish: str | None = None
+        cached: int | None = None
+        stream = self._engine.generate(
+            tokens_input(prompt_ids), params, request_id, priority=priority
+        )
+        try:
+            async for output in stream:
+                choice = output.outputs[0]
+                if ttft_ms is None and choice.token_ids:
+                    ttft_ms = (time.monotonic() - started) * 1000
+                parts.append(choice.text)
+                token_count += len(choice.token_ids)
+                finish, cached = choice.finish_reason, output.num_cached_tokens
+        except Exception as exc:
+            raise _job_error(exc) from exc
+        if finish in (None, "abort", "error"):
+            raise RetryableError("engine_error", f"The engine ended the request ({finish}).")
+        return _Generated("".join(parts), token_count, str(finish), ttft_ms, cached)
+
+
+def _engine_args(options: EngineOptions) -> Any:
+    """AsyncEngineArgs for `options`, with vLLM's priority scheduler."""
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
+
+    extra: dict[str, Any] = {}
+    if options.max_model_len is not None:
+        extra["max_model_len"] = options.max_model_len
+    if options.gpu_memory_utilization is not None:
+        extra["gpu_memory_utilization"] = options.gpu_memory_utilization
+    if options.cpu_kvcache_gib is not None and current_platform.is_cpu():
+        # What VLLM_CPU_KVCACHE_SPACE sets, without mutating the process environment and
+        # without that variable's whole-GiB parsing. An operator's VLLM_CPU_KVCACHE_SPACE wins.
+        extra["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * GIB)
+    return AsyncEngineArgs(
+        model=options.model_path,
+        max_num_seqs=options.max_num_seqs,
+        dtype=options.dtype,
+        seed=options.seed,
+        enforce_eager=options.enforce_eager,
+        scheduling_policy="priority",
+        disable_log_stats=True,  # promptq records its own usage per job
+        **extra,
+    )
+
+
+def _job_error(exc: Exception) -> Exception:
+    """Translate an error raised by the engine's stream into promptq's retry vocabulary."""
+    from vllm.exceptions import GracefulHTTPError, VLLMClientError
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if isinstance(exc, EngineDeadError):
+        return RetryableError("engine_dead", "The vLLM engine process died; restart the worker.")
+    if isinstance(exc, VLLMClientError):
+        return TerminalError("invalid_request", f"The engine rejected the request: {exc}")
+    if isinstance(exc, GracefulHTTPError):
+        return RetryableError("engine_busy", exc.message, int(exc.http_status))
+    return RetryableError("engine_error", f"The engine failed the request: {exc!r}")
+
+
+def _chat_messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
+    """The body's messages with text-only content, as chat templates expect."""
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise TerminalError("invalid_request", "'messages' must be a non-empty list.")
+    rendered: list[dict[str, str]] = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("role"), str):
+            raise TerminalError("invalid_request", "Each message needs a string 'role'.")
+        rendered.append({"role": message["role"], "content": _text_content(message)})
+    return rendered
+
+
+def _text_content(message: Mapping[str, Any]) -> str:
+    """A message's content as one string; OpenAI's text parts are joined."""
+    content = message.get("content")
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, list) and all(
+        isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        for part in content
+    ):
+        return "".join(part["text"] for part in content)
+    raise TerminalError("unsupported_content", "This model takes text content only.")
+
+
+def _sampling_options(body: Mapping[str, Any], room: int) -> dict[str, Any]:
+    """SamplingParams keyword arguments from an OpenAI body; `room` is what fits after the
+    prompt."""
+    n = body.get("n")
+    if n not in (None, 1):
+        raise TerminalError("unsupported_parameter", "Only n=1 is supported.")
+    stop = body.get("stop")
+    if not (stop is None or isinstance(stop, str) or _is_str_list(stop)):
+        raise TerminalError("invalid_request", "'stop' must be a string or a list of strings.")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise TerminalError("invalid_request", "'seed' must be an integer.")
+    return {
+        "temperature": _number(body, "temperature", 1.0),
+        "top_p": _number(body, "top_p", 1.0),
+        "presence_penalty": _number(body, "presence_penalty", 0.0),
+        "frequency_penalty": _number(body, "frequency_penalty", 0.0),
+        "max_tokens": min(_max_tokens(body), room),
+        "stop": stop,
+        "seed": seed,
+    }
+
+
+def _max_tokens(body: Mapping[str, Any]) -> int:
+    """max_completion_tokens (OpenAI's current name) or max_tokens, else the default."""
+    value = body.get("max_completion_tokens")
+    if value is None:
+        value = body.get("max_tokens")
+    if value is None:
+        return DEFAULT_MAX_TOKENS
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise TerminalError("invalid_request", "'max_tokens' must be a positive integer.")
+    return value
+
+
+def _number(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TerminalError("invalid_request", f"{key!r} must be a number.")
+    return float(value)
+
+
+def _is_str_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
