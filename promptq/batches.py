@@ -12,6 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
 from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest
@@ -81,7 +82,9 @@ def _insert_jobs(batch: Batch, where: sa.ColumnElement[bool], values: dict[str, 
         "created_at": sa.literal(batch.created_at, type_=Job.created_at.type),
         "webhook_url": sa.literal(None, type_=sa.Text),
         **{
-            k: v if isinstance(v, sa.ColumnElement) else sa.literal(v, type_=getattr(Job, k).type)
+            k: v
+            if isinstance(v, sa.ColumnElement | QueryableAttribute)
+            else sa.literal(v, type_=getattr(Job, k).type)
             for k, v in values.items()
         },
     }

@@ -107,7 +107,9 @@ def _package_dir(name: str, spec: BuiltinModel) -> Path:
 
 
 def _require_converter(name: str) -> None:
-    missing = [pip for module, pip in _CONVERTER_MODULES if importlib.util.find_spec(module) is None]
+    missing = [
+        pip for module, pip in _CONVERTER_MODULES if importlib.util.find_spec(module) is None
+    ]
     if missing:
         raise ConfigError(
             f"Converting the built-in model {name!r} needs {', '.join(missing)}; "

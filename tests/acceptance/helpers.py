@@ -1,0 +1,59 @@
+"""Shared steps of the acceptance tests: make batch files, poll, read result files."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def chat_line(custom_id: str, text: str, model: str = "sim-gpt", **body: Any) -> str:
+    return json.dumps({
+        "custom_id": custom_id,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+    })
+
+
+def write_jsonl(path: Path, lines: Iterable[str]) -> Path:
+    path.write_text("".join(f"{line}\n" for line in lines))
+    return path
+
+
+def wait_batch(client: httpx.Client, batch_id: str, timeout: float = 120,
+               until: tuple[str, ...] = ("completed", "failed", "expired", "cancelled")
+               ) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    batch: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        batch = client.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] in until:
+            return batch
+        time.sleep(0.2)
+    raise TimeoutError(f"batch {batch_id} is still {batch.get('status')}: {batch}")
+
+
+def read_file(client: httpx.Client, file_id: str | None) -> list[dict[str, Any]]:
+    if file_id is None:
+        return []
+    response = client.get(f"/v1/files/{file_id}/content")
+    assert response.status_code == 200, response.text
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def upload_and_run(client: httpx.Client, path: Path, **extra: Any) -> dict[str, Any]:
+    with path.open("rb") as fh:
+        uploaded = client.post("/v1/files", files={"file": (path.name, fh)},
+                               data={"purpose": "batch"})
+    assert uploaded.status_code == 200, uploaded.text
+    created = client.post("/v1/batches", json={
+        "input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions",
+        "completion_window": "24h", **extra})
+    assert created.status_code == 200, created.text
+    batch: dict[str, Any] = created.json()
+    return batch
