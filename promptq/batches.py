@@ -69,7 +69,7 @@ def _job_id(batch_id: str) -> sa.ColumnElement[str]:
 
 
 def _insert_jobs(batch: Batch, where: sa.ColumnElement[bool], values: dict[str, Any]) -> sa.Insert:
-    cols: dict[str, sa.ColumnElement[Any]] = {
+    cols: dict[str, Any] = {
         "id": _job_id(batch.id),
         "tenant": sa.literal(batch.tenant),
         "batch_id": sa.literal(batch.id),
@@ -193,7 +193,8 @@ async def summarize(session: AsyncSession, batch_id: str) -> BatchSummary:
     cost = Decimal(0)
     for status, n, p, c, usd in (await session.execute(stmt)).all():
         counts[JobStatus(status)] = n
-        prompt, completion, cost = prompt + int(p), completion + int(c), cost + Decimal(usd)
+        prompt, completion = prompt + int(p or 0), completion + int(c or 0)
+        cost += Decimal(usd or 0)
     return BatchSummary(counts, (prompt, completion, cost))
 
 

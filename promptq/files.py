@@ -48,7 +48,7 @@ def parse_line(raw: str) -> tuple[ParsedLine, bool]:
     """Check one JSONL line; the flag says whether it was JSON at all."""
     try:
         obj = json.loads(raw)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return _fail(raw, "invalid_json", f"Line is not valid JSON: {exc.msg}."), False
     if not isinstance(obj, dict):
         return _fail(raw, "invalid_request", "Line must be a JSON object."), True

@@ -52,8 +52,17 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no"]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]
         self.proc = Proc("redis", args, {}, self.log_dir)
         wait_for(self.ping, 15, "redis")
 
@@ -81,8 +90,9 @@ def redis_server(log_dir: Path) -> Iterator[RedisServer]:
 def sim_url(log_dir: Path) -> Iterator[str]:
     """The simulated provider over real HTTP on 127.0.0.1."""
     port = free_port()
-    proc = Proc.promptq("sim", ["sim-provider", "--port", str(port), "--api-key", "sim-secret"],
-                        {}, log_dir)
+    proc = Proc.promptq(
+        "sim", ["sim-provider", "--port", str(port), "--api-key", "sim-secret"], {}, log_dir
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/v1/models")
     yield url
@@ -114,8 +124,12 @@ output_per_mtok = 15
 
 
 @pytest.fixture(scope="session")
-def env(pg_url: str, redis_server: RedisServer, models_file: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def env(
+    pg_url: str,
+    redis_server: RedisServer,
+    models_file: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> dict[str, str]:
     """The environment every promptq process of the session runs with."""
     return {
         "PROMPTQ_DATABASE_URL": pg_url,
@@ -192,8 +206,9 @@ def api_key(pg_url: str) -> str:
 
 @pytest.fixture
 def client(api_url: str, api_key: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {api_key}"},
-                      timeout=60) as http:
+    with httpx.Client(
+        base_url=api_url, headers={"Authorization": f"Bearer {api_key}"}, timeout=60
+    ) as http:
         yield http
 
 

@@ -3,6 +3,7 @@ with a stable code; bad input is never a 500."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -37,12 +38,12 @@ def error_response(
     code: str,
     message: str,
     param: str | None = None,
-    headers: dict[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The one error shape of the API."""
     kind = "invalid_request_error" if status_code < 500 else "server_error"
     body = {"error": {"code": code, "message": message, "type": kind, "param": param}}
-    return JSONResponse(body, status_code=status_code, headers=headers)
+    return JSONResponse(body, status_code=status_code, headers=dict(headers or {}))
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:

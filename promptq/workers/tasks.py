@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Register `promptq.run_chunk`, which hands a chunk of job ids to the runtime."""
 
-    @app.task(name=TASK_RUN_CHUNK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[misc]
+    @app.task(name=TASK_RUN_CHUNK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
     def run_chunk(job_ids: list[str], step: int = BULK_BAND) -> int:
         # Acked once the jobs are claimed: from then on Postgres leases protect them.
         return runtime.admit(list(job_ids), int(step))

@@ -12,12 +12,14 @@ import httpx
 
 
 def chat_line(custom_id: str, text: str, model: str = "sim-gpt", **body: Any) -> str:
-    return json.dumps({
-        "custom_id": custom_id,
-        "method": "POST",
-        "url": "/v1/chat/completions",
-        "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
-    })
+    return json.dumps(
+        {
+            "custom_id": custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": {"model": model, "messages": [{"role": "user", "content": text}], **body},
+        }
+    )
 
 
 def write_jsonl(path: Path, lines: Iterable[str]) -> Path:
@@ -25,9 +27,12 @@ def write_jsonl(path: Path, lines: Iterable[str]) -> Path:
     return path
 
 
-def wait_batch(client: httpx.Client, batch_id: str, timeout: float = 120,
-               until: tuple[str, ...] = ("completed", "failed", "expired", "cancelled")
-               ) -> dict[str, Any]:
+def wait_batch(
+    client: httpx.Client,
+    batch_id: str,
+    timeout: float = 120,
+    until: tuple[str, ...] = ("completed", "failed", "expired", "cancelled"),
+) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     batch: dict[str, Any] = {}
     while time.monotonic() < deadline:
@@ -48,12 +53,19 @@ def read_file(client: httpx.Client, file_id: str | None) -> list[dict[str, Any]]
 
 def upload_and_run(client: httpx.Client, path: Path, **extra: Any) -> dict[str, Any]:
     with path.open("rb") as fh:
-        uploaded = client.post("/v1/files", files={"file": (path.name, fh)},
-                               data={"purpose": "batch"})
+        uploaded = client.post(
+            "/v1/files", files={"file": (path.name, fh)}, data={"purpose": "batch"}
+        )
     assert uploaded.status_code == 200, uploaded.text
-    created = client.post("/v1/batches", json={
-        "input_file_id": uploaded.json()["id"], "endpoint": "/v1/chat/completions",
-        "completion_window": "24h", **extra})
+    created = client.post(
+        "/v1/batches",
+        json={
+            "input_file_id": uploaded.json()["id"],
+            "endpoint": "/v1/chat/completions",
+            "completion_window": "24h",
+            **extra,
+        },
+    )
     assert created.status_code == 200, created.text
     batch: dict[str, Any] = created.json()
     return batch

