@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-__all__ = ["Client", "TERMINAL_BATCH"]
+__all__ = ["TERMINAL_BATCH", "Client"]
 
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
 
