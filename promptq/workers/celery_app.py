@@ -25,7 +25,6 @@ def make_celery(settings: Settings) -> Celery:
         worker_prefetch_multiplier=1,
         broker_transport_options={
             "priority_steps": list(range(PRIORITY_STEPS)),
-            "sep": ":",
             "queue_order_strategy": "priority",
             # Longer than any lease: the sweeper, not Redis, recovers running jobs.
             "visibility_timeout": int(settings.lease_seconds * 2 + 60),
