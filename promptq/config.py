@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal, Self
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings", "sqlalchemy_url"]
 
@@ -19,7 +22,10 @@ def _default_home() -> Path:
 class Settings(BaseSettings):
     """promptq's settings; defaults run everything on one machine (see `promptq demo`)."""
 
-    model_config = SettingsConfigDict(env_prefix="PROMPTQ_", extra="ignore")
+    # Inputs stay out of error messages: they may hold a secret or a DSN with a password.
+    model_config = SettingsConfigDict(
+        env_prefix="PROMPTQ_", extra="ignore", hide_input_in_errors=True
+    )
 
     environment: Literal["development", "production"] = "development"
     home: Path = Field(default_factory=_default_home)
@@ -32,6 +38,9 @@ class Settings(BaseSettings):
     # Jobs: attempts, leases and the sweeper.
     max_attempts: int = Field(default=3, ge=1, le=100)
     lease_seconds: float = Field(default=300.0, gt=0)
+    # How long Redis keeps a fetched, unacked message before handing it out again; longer
+    # than any lease (0: twice the lease plus a minute).
+    visibility_timeout_seconds: float = Field(default=0.0, ge=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0)
     requeue_after_seconds: float = Field(default=1800.0, gt=0)
     # Remote worker: provider calls.
@@ -42,6 +51,17 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_file_lines: int = Field(default=100_000, gt=0)
     max_request_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Webhooks: the Standard Webhooks signing secret (`whsec_<base64>`; in development a
+    # default is kept under `home`), internal hosts they may reach, and the relay's retries.
+    webhook_secret: SecretStr | None = None
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    webhook_max_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_retry_base_seconds: float = Field(default=30.0, ge=0)
+    webhook_retry_max_seconds: float = Field(default=3600.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_poll_seconds: float = Field(default=0.5, gt=0)
+    # Idempotency-Key: how long a key's first response is replayed.
+    idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
 
     @field_validator("database_url")
     @classmethod
@@ -49,6 +69,50 @@ class Settings(BaseSettings):
         if value and not value.startswith(("postgresql", "postgres://", "sqlite")):
             raise ValueError("PROMPTQ_DATABASE_URL must be a postgresql:// or sqlite:// URL")
         return value
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def _check_webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        try:
+            key = base64.b64decode(raw.removeprefix("whsec_"), validate=True)
+        except binascii.Error:
+            key = b""
+        if not raw.startswith("whsec_") or not 24 <= len(key) <= 64:
+            raise ValueError(
+                "PROMPTQ_WEBHOOK_SECRET must be 'whsec_' followed by the base64 of 24-64 "
+                "random bytes (Standard Webhooks)"
+            )
+        return value
+
+    @field_validator("webhook_allowed_hosts", mode="before")
+    @classmethod
+    def _split_allowed_hosts(cls, value: object) -> object:
+        # The environment gives a JSON list or a comma-separated string.
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _refuse_default_secrets(self) -> Self:
+        if self.environment == "production" and self.webhook_secret is None:
+            raise ValueError(
+                "PROMPTQ_WEBHOOK_SECRET is required in production: set it to 'whsec_' + "
+                "base64 of 32 random bytes, e.g. from `python -m promptq.webhooks`"
+            )
+        return self
+
+    @property
+    def visibility_timeout(self) -> float:
+        """The broker's visibility timeout, never shorter than a lease."""
+        if self.visibility_timeout_seconds:
+            return max(self.visibility_timeout_seconds, self.lease_seconds + 1)
+        return self.lease_seconds * 2 + 60
 
     @property
     def effective_database_url(self) -> str:

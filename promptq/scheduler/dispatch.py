@@ -15,25 +15,31 @@ from promptq.constants import TASK_RUN_CHUNK
 from promptq.models import Job, JobStatus, utcnow
 from promptq.scheduler.routing import queue_step
 
-__all__ = ["dispatch_queued", "publish"]
+__all__ = ["WORKER_LOST", "dispatch_queued", "publish"]
 
 log = structlog.get_logger(__name__)
 
 
-def publish(app: Celery, rows: Sequence[tuple[str, str, int]], chunk_size: int) -> list[str]:
-    """Send (job id, queue, step) rows as chunk messages, in the given order; returns the ids
-    sent. Raises if the broker is unreachable."""
-    groups: dict[tuple[str, int], list[str]] = defaultdict(list)
-    for job_id, queue, step in rows:
-        groups[(queue, step)].append(job_id)
+#: error_code the sweeper leaves on a job whose worker died while running it.
+WORKER_LOST = "worker_lost"
+
+
+def publish(app: Celery, rows: Sequence[tuple[str, str, int, bool]], chunk_size: int) -> list[str]:
+    """Send (job id, queue, step, alone) rows as chunk messages, in the given order; a job
+    marked `alone` gets a message of its own. Returns the ids sent; raises if the broker is
+    unreachable."""
+    groups: dict[tuple[str, int, bool], list[str]] = defaultdict(list)
+    for job_id, queue, step, alone in rows:
+        groups[(queue, step, alone)].append(job_id)
     sent: list[str] = []
     with app.producer_or_acquire() as producer:
-        for (queue, step), ids in groups.items():
-            for start in range(0, len(ids), chunk_size):
-                chunk = ids[start : start + chunk_size]
+        for (queue, step, alone), ids in groups.items():
+            size = 1 if alone else chunk_size
+            for start in range(0, len(ids), size):
+                chunk = ids[start : start + size]
                 app.send_task(
                     TASK_RUN_CHUNK,
-                    args=[chunk, step],
+                    args=[chunk, step, alone],
                     queue=queue,
                     priority=step,
                     producer=producer,
@@ -54,13 +60,18 @@ async def dispatch_queued(
 
     If the broker is down the jobs stay queued and unmarked, and the sweeper sends them later."""
     stmt = (
-        sa.select(Job.id, Job.queue, Job.priority, Job.batch_id)
+        sa.select(Job.id, Job.queue, Job.priority, Job.batch_id, Job.error_code)
         .where(where, Job.status == JobStatus.QUEUED)
         .order_by(Job.priority, Job.created_at, Job.line_no)
         .limit(limit)
     )
     rows = [
-        (r.id, r.queue or "", queue_step(r.priority, interactive=r.batch_id is None))
+        (
+            r.id,
+            r.queue or "",
+            queue_step(r.priority, interactive=r.batch_id is None),
+            r.error_code == WORKER_LOST,
+        )
         for r in (await session.execute(stmt)).all()
     ]
     if not rows:

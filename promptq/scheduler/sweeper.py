@@ -22,7 +22,7 @@ from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
 from promptq.models import Batch, BatchStatus, Job, JobStatus, utcnow
-from promptq.scheduler.dispatch import dispatch_queued
+from promptq.scheduler.dispatch import WORKER_LOST, dispatch_queued
 
 __all__ = ["SweepReport", "Sweeper"]
 
@@ -101,6 +101,10 @@ class Sweeper:
                     lease_owner=None,
                     lease_expires_at=None,
                     enqueued_at=None,
+                    # The job may be a poison prompt: it runs alone next time, so that a
+                    # crash costs only itself an attempt.
+                    error_code=WORKER_LOST,
+                    error_message="Its worker was lost while running it.",
                 )
                 .execution_options(synchronize_session=False)
             )

@@ -27,7 +27,16 @@ def make_celery(settings: Settings) -> Celery:
             "priority_steps": list(range(PRIORITY_STEPS)),
             "queue_order_strategy": "priority",
             # Longer than any lease: the sweeper, not Redis, recovers running jobs.
-            "visibility_timeout": int(settings.lease_seconds * 2 + 60),
+            "visibility_timeout": settings.visibility_timeout,
+        },
+        # A submission must not hang on a broker that is down: the job is already stored
+        # and the sweeper sends it once Redis is back.
+        broker_connection_timeout=2,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 0.5,
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,

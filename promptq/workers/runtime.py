@@ -74,6 +74,7 @@ class WorkerRuntime:
             target=self._loop.run_forever, name="promptq-loop", daemon=True
         )
         self._capacity: asyncio.Condition | None = None
+        self._alone = False  # a suspected poison job is running by itself
         self._db: Database | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
 
@@ -88,10 +89,13 @@ class WorkerRuntime:
         future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return future.result(timeout)
 
-    def admit(self, job_ids: list[str], step: int) -> int:
+    def admit(self, job_ids: list[str], step: int, alone: bool = False) -> int:
         """Claim a chunk once there is room (interactive chunks at once); returns how many
-        jobs were claimed. Blocks the calling Celery thread, not the loop."""
-        return self.call(self._admit(job_ids, step))
+        jobs were claimed. Blocks the calling Celery thread, not the loop.
+
+        `alone` marks a job whose last worker died while running it: it may be a poison
+        prompt, so it runs with nothing else in flight and a crash costs only itself."""
+        return self.call(self._admit(job_ids, step, alone))
 
     def stop(self, drain_seconds: float = 30.0) -> None:
         """Let running jobs finish for up to `drain_seconds`, hand the rest back, close."""
@@ -133,13 +137,22 @@ class WorkerRuntime:
         assert self._db is not None, "runtime not started"
         return self._db
 
-    async def _admit(self, job_ids: list[str], step: int) -> int:
+    def _has_room(self, step: int, alone: bool) -> bool:
+        if self._alone:
+            return False
+        if alone:
+            return not self._running
+        return step < BULK_BAND or len(self._running) < self.max_in_flight
+
+    async def _admit(self, job_ids: list[str], step: int, alone: bool) -> int:
         assert self._capacity is not None
-        if step >= BULK_BAND:
-            async with self._capacity:
-                await self._capacity.wait_for(lambda: len(self._running) < self.max_in_flight)
+        async with self._capacity:
+            await self._capacity.wait_for(lambda: self._has_room(step, alone))
+            self._alone = alone
         async with self.db.session() as session:
             jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
+        if alone and not jobs:
+            await self._release_alone()
         for job in jobs:
             self._running[job.id] = job
             self._spawn(self._run(job))
@@ -155,9 +168,14 @@ class WorkerRuntime:
             self._running.pop(job.id, None)
             if job.batch_id:
                 self._batches_to_check.add(job.batch_id)
-            assert self._capacity is not None
-            async with self._capacity:
-                self._capacity.notify_all()
+            await self._release_alone()
+
+    async def _release_alone(self) -> None:
+        assert self._capacity is not None
+        async with self._capacity:
+            if not self._running:
+                self._alone = False
+            self._capacity.notify_all()
 
     async def _attempt(self, job: ClaimedJob) -> None:
         entry = self.catalog.get(job.model)

@@ -20,9 +20,9 @@ def register_tasks(app: Celery, runtime: WorkerRuntime) -> None:
     """Register `promptq.run_chunk`, which hands a chunk of job ids to the runtime."""
 
     @app.task(name=TASK_RUN_CHUNK, acks_late=True, reject_on_worker_lost=True)  # type: ignore[untyped-decorator]
-    def run_chunk(job_ids: list[str], step: int = BULK_BAND) -> int:
+    def run_chunk(job_ids: list[str], step: int = BULK_BAND, alone: bool = False) -> int:
         # Acked once the jobs are claimed: from then on Postgres leases protect them.
-        return runtime.admit(list(job_ids), int(step))
+        return runtime.admit(list(job_ids), int(step), bool(alone))
 
 
 def run_worker(

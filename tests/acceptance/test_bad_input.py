@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -11,7 +10,7 @@ import pytest
 
 from tests.acceptance.helpers import chat_line, read_file, upload_and_run, wait_batch, write_jsonl
 from tests.conftest import make_key
-from tests.procs import Proc, free_port, wait_http
+from tests.stack import Stack
 
 
 def _error(response: httpx.Response, status: int) -> str:
@@ -133,14 +132,9 @@ def test_malformed_lines_fail_alone_and_the_valid_lines_run(
 
 
 @pytest.fixture(scope="module")
-def small_api(env: dict[str, str], log_dir: Path) -> Iterator[str]:
+def small_api(stack: Stack) -> str:
     """An API with a 64 KiB upload limit and 4 KiB request limit."""
-    port = free_port()
-    limits = {"PROMPTQ_MAX_UPLOAD_BYTES": "65536", "PROMPTQ_MAX_REQUEST_BYTES": "4096"}
-    proc = Proc.promptq("api-small", ["api", "--port", str(port)], {**env, **limits}, log_dir)
-    wait_http(f"http://127.0.0.1:{port}/healthz")
-    yield f"http://127.0.0.1:{port}"
-    proc.stop()
+    return stack.api({"PROMPTQ_MAX_UPLOAD_BYTES": "65536", "PROMPTQ_MAX_REQUEST_BYTES": "4096"})
 
 
 def test_oversized_payloads_get_413(small_api: str, pg_url: str) -> None:

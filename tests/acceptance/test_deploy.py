@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.procs import Proc, free_port, wait_for, wait_http
+from tests.procs import Child, free_port, wait_for, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -35,11 +35,11 @@ def test_compose_runs_every_part_with_commands_that_exist() -> None:
 
 
 def test_flower_lists_the_live_worker(
-    remote_worker: Proc, env: dict[str, str], log_dir: Path
+    remote_worker: Child, env: dict[str, str], log_dir: Path
 ) -> None:
     # Given Flower on the broker the workers use
     port = free_port()
-    flower = Proc(
+    flower = Child(
         "flower",
         [
             sys.executable,

@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from promptq.db import create_sync_engine
 from promptq.migrate import downgrade, upgrade
 from promptq.models import Base
-from tests.conftest import PG_ADMIN_URL
+from tests.stack import PG_ADMIN_URL
 
 
 @pytest.fixture
