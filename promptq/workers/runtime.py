@@ -75,6 +75,7 @@ class WorkerRuntime:
         )
         self._capacity: asyncio.Condition | None = None
         self._alone = False  # a suspected poison job is running by itself
+        self._admitting = 0  # chunks between "has room" and their claim
         self._db: Database | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
 
@@ -141,7 +142,7 @@ class WorkerRuntime:
         if self._alone:
             return False
         if alone:
-            return not self._running
+            return not self._running and not self._admitting
         return step < BULK_BAND or len(self._running) < self.max_in_flight
 
     async def _admit(self, job_ids: list[str], step: int, alone: bool) -> int:
@@ -149,13 +150,16 @@ class WorkerRuntime:
         async with self._capacity:
             await self._capacity.wait_for(lambda: self._has_room(step, alone))
             self._alone = alone
-        async with self.db.session() as session:
-            jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
-        if alone and not jobs:
+            self._admitting += 1
+        try:
+            async with self.db.session() as session:
+                jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
+            for job in jobs:
+                self._running[job.id] = job
+                self._spawn(self._run(job))
+        finally:
+            self._admitting -= 1
             await self._release_alone()
-        for job in jobs:
-            self._running[job.id] = job
-            self._spawn(self._run(job))
         self.counters["claimed"] += len(jobs)
         return len(jobs)
 

@@ -78,3 +78,25 @@ def test_models_and_readiness(client: httpx.Client, api_url: str) -> None:
     assert models["sim-gpt"]["input_per_mtok"] == 0.15
     ready = httpx.get(f"{api_url}/readyz")
     assert ready.status_code == 200 and ready.json()["redis"] == "ok"
+
+
+def test_an_expired_batch_keeps_finished_results_and_expires_the_rest(
+    client: httpx.Client, pipeline: str, tmp_path: Path
+) -> None:
+    # Given a batch of slow lines with a 3-second completion window
+    lines = [chat_line(f"e-{i}", f"slow {i} [[sim:sleep=0.5]]") for i in range(600)]
+    batch = upload_and_run(
+        client, write_jsonl(tmp_path / "exp.jsonl", lines), completion_window="3s"
+    )
+    # When the window passes
+    final = wait_batch(client, batch["id"], timeout=60)
+    # Then it is expired, finished lines keep their results, the rest end batch_expired
+    assert final["status"] == "expired" and final["expired_at"]
+    counts = final["request_counts"]
+    assert counts["completed"] > 0 and counts["expired"] > 0
+    assert counts["completed"] + counts["expired"] == 600
+    output = read_file(client, final["output_file_id"])
+    errors = read_file(client, final["error_file_id"])
+    assert len(output) == counts["completed"]
+    assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+    assert len({x["custom_id"] for x in output + errors}) == 600
