@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
+from itertools import islice
 from typing import IO, Any
 
+import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,16 +104,18 @@ async def store_upload(
     file = File(id=new_id("file-"), tenant=tenant, purpose=FilePurpose.BATCH, filename=filename)
     session.add(file)
     await session.flush()
-    rows: list[dict[str, Any]] = []
     lines = json_lines = size = 0
-    for line_no, parsed, was_json in _read_lines(stream, max_lines):
-        lines, json_lines = line_no, json_lines + was_json
-        size += len(parsed.raw) + 1
-        rows.append({"file_id": file.id, "line_no": line_no, **parsed.__dict__})
-        if len(rows) >= _INSERT_ROWS:
-            await session.execute(sa.insert(FileLine), rows)
-            rows = []
-    if rows:
+    parsed_lines = _read_lines(stream, max_lines)
+    while True:
+        # Reading and parsing are blocking work: do them off the event loop, a block at a time.
+        block = await anyio.to_thread.run_sync(lambda: list(islice(parsed_lines, _INSERT_ROWS)))
+        if not block:
+            break
+        rows = []
+        for line_no, parsed, was_json in block:
+            lines, json_lines = line_no, json_lines + was_json
+            size += len(parsed.raw) + 1
+            rows.append({"file_id": file.id, "line_no": line_no, **parsed.__dict__})
         await session.execute(sa.insert(FileLine), rows)
     if json_lines == 0:
         await session.rollback()
