@@ -19,7 +19,6 @@ from promptq.errors import InvalidRequest
 from promptq.formats import batch_error_line, batch_output_line
 from promptq.ids import new_id
 from promptq.models import (
-    TERMINAL_BATCH_STATUSES,
     Batch,
     BatchStatus,
     File,
@@ -30,6 +29,7 @@ from promptq.models import (
     utcnow,
 )
 from promptq.scheduler.routing import queue_for
+from promptq.webhooks import emit
 
 __all__ = [
     "BatchSummary",
@@ -199,39 +199,60 @@ async def summarize(session: AsyncSession, batch_id: str) -> BatchSummary:
 
 
 async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
-    """If no job of the batch is open, move it to its final state and make its files.
+    """If no job of the batch is open, move it to its final state, make its files and queue
+    its webhook event, all in one transaction.
 
     A guarded UPDATE: of two workers finishing the last jobs at once, one finalizes."""
     summary = await summarize(session, batch_id)
     if summary.open:
         return False
-    batch = await session.get(Batch, batch_id, with_for_update=not _is_sqlite(session))
-    if batch is None or (batch.status in TERMINAL_BATCH_STATUSES and batch.output_file_id):
+    now = utcnow()
+    won = await session.execute(
+        sa.update(Batch)
+        .where(
+            Batch.id == batch_id,
+            sa.or_(Batch.finalizing_at.is_(None), Batch.status == BatchStatus.FINALIZING),
+        )
+        .values(finalizing_at=sa.func.coalesce(Batch.finalizing_at, now))
+        .execution_options(synchronize_session=False)
+    )
+    batch = await session.get(Batch, batch_id, populate_existing=True)
+    if batch is None or won.rowcount != 1:  # type: ignore[attr-defined]
         await session.rollback()
         return False
     final = {
         BatchStatus.IN_PROGRESS: BatchStatus.COMPLETED,
-        BatchStatus.FINALIZING: BatchStatus.COMPLETED,
+        # An expired batch waits in finalizing for its running lines, then ends expired.
+        BatchStatus.FINALIZING: BatchStatus.EXPIRED if batch.expired_at else BatchStatus.COMPLETED,
         BatchStatus.CANCELLING: BatchStatus.CANCELLED,
     }.get(batch.status, batch.status)
-    now = utcnow()
     succeeded = summary.counts.get(JobStatus.SUCCEEDED, 0)
     failed = summary.total - succeeded
     batch.output_file_id = _result_file(session, batch, FilePurpose.BATCH_OUTPUT, succeeded)
     batch.error_file_id = _result_file(session, batch, FilePurpose.BATCH_ERROR, failed)
-    batch.finalizing_at = batch.finalizing_at or now
     if final is not batch.status:
         batch.status = final
         if final is BatchStatus.COMPLETED:
             batch.completed_at = now
-        else:
+        elif final is BatchStatus.CANCELLED:
             batch.cancelled_at = now
+    if batch.webhook_url:
+        _emit_final(session, batch, summary)
     await session.commit()
     return True
 
 
-def _is_sqlite(session: AsyncSession) -> bool:
-    return session.get_bind().dialect.name == "sqlite"
+def _emit_final(session: AsyncSession, batch: Batch, summary: BatchSummary) -> None:
+    # batch.completed, batch.cancelled, batch.expired or batch.failed; lines get no events.
+    from promptq.api.schemas import batch_out  # that module imports this one
+
+    emit(
+        session,
+        tenant=batch.tenant,
+        event_type=f"batch.{batch.status}",
+        url=batch.webhook_url or "",
+        data=batch_out(batch, summary).model_dump(mode="json"),
+    )
 
 
 def _result_file(
@@ -289,7 +310,9 @@ async def expire_batch(session: AsyncSession, batch: Batch) -> None:
         )
         .execution_options(synchronize_session=False)
     )
-    batch.status, batch.expired_at = BatchStatus.EXPIRED, now
+    # Running lines may still finish and keep their results; the batch shows finalizing
+    # until they have, then expired.
+    batch.status, batch.expired_at = BatchStatus.FINALIZING, now
     await session.commit()
     await finalize_batch(session, batch.id)
 

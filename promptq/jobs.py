@@ -12,7 +12,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from promptq.api.schemas import job_out
 from promptq.models import Job, JobStatus, UsageRecord, utcnow
+from promptq.webhooks import emit
 
 __all__ = [
     "ClaimedJob",
@@ -39,6 +41,7 @@ class ClaimedJob:
     attempt: int
     max_attempts: int
     owner: str
+    webhook_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ async def claim(
             Job.priority,
             Job.attempts,
             Job.max_attempts,
+            Job.webhook_url,
         )
         .execution_options(synchronize_session=False)
     )
@@ -106,6 +110,7 @@ async def claim(
             attempt=r.attempts,
             max_attempts=r.max_attempts,
             owner=owner,
+            webhook_url=r.webhook_url,
         )
         for r in rows
     ]
@@ -151,6 +156,7 @@ async def record_success(session: AsyncSession, job: ClaimedJob, outcome: JobOut
             cost_usd=outcome.cost_usd,
         )
     )
+    await _emit_final(session, job, "job.succeeded")
     await session.commit()
     return True
 
@@ -173,9 +179,20 @@ async def record_failure(
         )
         .execution_options(synchronize_session=False)
     )
-    result = await session.execute(stmt)
+    stored = (await session.execute(stmt)).rowcount == 1  # type: ignore[attr-defined]
+    if stored:
+        await _emit_final(session, job, "job.failed")
     await session.commit()
-    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+    return bool(stored)
+
+
+async def _emit_final(session: AsyncSession, job: ClaimedJob, event_type: str) -> None:
+    # The webhook commits with the final state: none for a result that did not commit.
+    if job.webhook_url:
+        row = await session.get(Job, job.id, populate_existing=True)
+        if row is not None and row.webhook_url:
+            data = job_out(row).model_dump(mode="json")
+            emit(session, tenant=row.tenant, event_type=event_type, url=row.webhook_url, data=data)
 
 
 async def bump_attempt(

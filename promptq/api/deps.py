@@ -1,19 +1,22 @@
-"""Typed dependencies: the session, the caller's key, the catalog, the broker."""
+"""Typed dependencies: the session, the caller's key, the catalog, the broker, and the
+request's Idempotency-Key."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from celery import Celery
-from fastapi import Depends, HTTPException, Request
+from fastapi import Depends, Header, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.catalog import Catalog
 from promptq.config import Settings
 from promptq.db import Database
+from promptq.idempotency import Idempotency, check_key
 from promptq.keys import find_key
 from promptq.models import ApiKey
 
@@ -21,6 +24,7 @@ __all__ = [
     "AppState",
     "CatalogDep",
     "CurrentKey",
+    "IdempotencyDep",
     "SessionDep",
     "StateDep",
     "owned",
@@ -77,6 +81,33 @@ async def _current_key(request: Request, session: SessionDep) -> ApiKey:
 
 
 CurrentKey = Annotated[ApiKey, Depends(_current_key)]
+
+
+async def _idempotency(
+    request: Request,
+    key: CurrentKey,
+    session: SessionDep,
+    state: StateDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Retrying with the same key returns the first response (24 h).",
+        ),
+    ] = None,
+) -> Idempotency:
+    return Idempotency(
+        db=state.db,
+        session=session,
+        tenant=key.tenant,
+        method=request.method,
+        path=request.url.path,
+        key=None if idempotency_key is None else check_key(idempotency_key),
+        ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds),
+    )
+
+
+IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
 
 
 def owned(obj: Any, key: ApiKey, kind: str, object_id: str) -> Any:

@@ -6,15 +6,27 @@ from typing import Annotated
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from promptq.api.deps import CatalogDep, CurrentKey, SessionDep, StateDep, owned
+from promptq.api.deps import (
+    AppState,
+    CatalogDep,
+    CurrentKey,
+    IdempotencyDep,
+    SessionDep,
+    StateDep,
+    owned,
+)
 from promptq.api.schemas import BatchCreate, BatchList, BatchOut, batch_out
 from promptq.batches import cancel_batch, create_batch, parse_window, summarize
+from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest
 from promptq.files import SUPPORTED_URLS
 from promptq.ids import new_id
-from promptq.models import Batch, BatchStatus, File, FilePurpose, Job, utcnow
+from promptq.models import ApiKey, Batch, BatchStatus, File, FilePurpose, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
+from promptq.webhooks import check_webhook_url
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
@@ -30,18 +42,30 @@ def _priority(body: BatchCreate) -> int:
     return int(raw)
 
 
-@router.post("", operation_id="create_batch")
+@router.post("", response_model=BatchOut, operation_id="create_batch")
 async def create_batch_route(
     body: BatchCreate,
     key: CurrentKey,
     session: SessionDep,
     catalog: CatalogDep,
     state: StateDep,
-) -> BatchOut:
+    idempotency: IdempotencyDep,
+) -> JSONResponse:
     """Start a batch over an uploaded file; its lines run at once, in priority order."""
+    return await idempotency.respond(
+        body.model_dump(mode="json", exclude_unset=True),
+        lambda: _start(body, key, session, catalog, state),
+    )
+
+
+async def _start(
+    body: BatchCreate, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
+) -> BatchOut:
     if body.endpoint not in SUPPORTED_URLS:
         raise InvalidRequest("invalid_endpoint", f"endpoint must be one of {list(SUPPORTED_URLS)}.")
     window = parse_window(body.completion_window)
+    if body.webhook_url:
+        await check_webhook_url(body.webhook_url, state.settings)
     file = owned(await session.get(File, body.input_file_id), key, "file", body.input_file_id)
     if file.purpose != FilePurpose.BATCH:
         raise InvalidRequest("invalid_file", "input_file_id must name a file of purpose 'batch'.")

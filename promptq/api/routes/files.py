@@ -6,26 +6,42 @@ from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Form, HTTPException, UploadFile
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from promptq.api.deps import CurrentKey, SessionDep, StateDep, owned
+from promptq.api.deps import AppState, CurrentKey, IdempotencyDep, SessionDep, StateDep, owned
 from promptq.api.schemas import FileOut, file_out
 from promptq.batches import stream_results
 from promptq.files import store_upload, stream_input_lines
-from promptq.models import File, FilePurpose
+from promptq.idempotency import file_sha256
+from promptq.models import ApiKey, File, FilePurpose
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
 
-@router.post("", operation_id="create_file")
+@router.post("", response_model=FileOut, operation_id="create_file")
 async def create_file(
     file: UploadFile,
     purpose: Annotated[str, Form()],
     key: CurrentKey,
     session: SessionDep,
     state: StateDep,
-) -> FileOut:
+    idempotency: IdempotencyDep,
+) -> JSONResponse:
     """Upload a JSONL batch input; each line is checked now, bad lines fail alone later."""
+    content = None
+    if idempotency.key is not None:  # the upload is spooled to disk: hash it from there
+        content = {
+            "sha256": await anyio.to_thread.run_sync(file_sha256, file.file),
+            "purpose": purpose,
+            "filename": file.filename,
+        }
+    return await idempotency.respond(content, lambda: _store(file, purpose, key, session, state))
+
+
+async def _store(
+    file: UploadFile, purpose: str, key: ApiKey, session: AsyncSession, state: AppState
+) -> FileOut:
     if purpose != FilePurpose.BATCH:
         raise HTTPException(400, "Only purpose 'batch' can be uploaded.")
     # Starlette spooled the upload to a temporary file; parse it from there, line by line.

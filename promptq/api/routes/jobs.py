@@ -4,23 +4,53 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from promptq.api.deps import CatalogDep, CurrentKey, SessionDep, StateDep, owned
+from promptq.api.deps import (
+    AppState,
+    CatalogDep,
+    CurrentKey,
+    IdempotencyDep,
+    SessionDep,
+    StateDep,
+    owned,
+)
 from promptq.api.schemas import JobCreate, JobOut, job_out
+from promptq.catalog import Catalog
 from promptq.ids import new_id
-from promptq.models import Job, JobStatus, utcnow
+from promptq.models import ApiKey, Job, JobStatus, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
 from promptq.scheduler.routing import queue_for
+from promptq.webhooks import check_webhook_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-@router.post("", status_code=202, operation_id="create_job")
+@router.post("", status_code=202, response_model=JobOut, operation_id="create_job")
 async def create_job(
-    body: JobCreate, key: CurrentKey, session: SessionDep, catalog: CatalogDep, state: StateDep
+    body: JobCreate,
+    key: CurrentKey,
+    session: SessionDep,
+    catalog: CatalogDep,
+    state: StateDep,
+    idempotency: IdempotencyDep,
+) -> JSONResponse:
+    """Queue one chat request; poll `GET /v1/jobs/{id}` for its result. A retry with the
+    same `Idempotency-Key` returns the first response."""
+    return await idempotency.respond(
+        body.model_dump(mode="json", exclude_unset=True),
+        lambda: _submit(body, key, session, catalog, state),
+        status_code=202,
+    )
+
+
+async def _submit(
+    body: JobCreate, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
 ) -> JobOut:
-    """Queue one chat request; poll `GET /v1/jobs/{id}` for its result."""
     entry = catalog.require(body.model)
+    if body.webhook_url:
+        await check_webhook_url(body.webhook_url, state.settings)
     job = Job(
         id=new_id("job_"),
         tenant=key.tenant,

@@ -1,0 +1,254 @@
+"""Webhooks through an outbox: an event is a row written in the transaction of the state
+change it reports; the relay sends it signed in the Standard Webhooks format.
+
+Webhook URLs are checked against server-side request forgery: http(s) only, and no host
+that resolves to a private, loopback, link-local, multicast, reserved or unspecified
+address unless `webhook_allowed_hosts` names it. The check runs at submit time and again
+before every delivery, which then connects to the vetted address only."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import os
+import secrets
+import socket
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import SplitResult, urlsplit
+
+import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from promptq.errors import ConfigError, InvalidRequest
+from promptq.ids import new_id
+from promptq.models import WebhookEvent, WebhookStatus, utcnow
+
+if TYPE_CHECKING:
+    from promptq.config import Settings
+
+__all__ = [
+    "AllowList",
+    "IPAddress",
+    "WebhookTarget",
+    "WebhookURLRefused",
+    "check_webhook_url",
+    "decode_secret",
+    "emit",
+    "new_secret",
+    "refusal",
+    "resolve_target",
+    "sign",
+    "signed_headers",
+    "signing_key",
+]
+
+log = structlog.get_logger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_SECRET_PREFIX = "whsec_"
+_DEV_SECRET_FILE = "webhook_secret"
+_RESOLVE_TIMEOUT = 5.0
+
+
+class WebhookURLRefused(InvalidRequest):
+    """A webhook URL promptq will not call: not http(s), unresolvable, or internal."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("invalid_webhook_url", message, 400)
+
+
+def emit(
+    session: AsyncSession, *, tenant: str, event_type: str, url: str, data: dict[str, Any]
+) -> WebhookEvent:
+    """Add a pending event to the session's transaction, so it commits with the change."""
+    now = utcnow()
+    event = WebhookEvent(
+        id=new_id("msg_"),
+        tenant=tenant,
+        event_type=event_type,
+        url=url,
+        payload={
+            "type": event_type,
+            "timestamp": now.isoformat().replace("+00:00", "Z"),
+            "data": data,
+        },
+        status=WebhookStatus.PENDING,
+        attempts=0,
+        next_attempt_at=now,
+        created_at=now,
+    )
+    session.add(event)
+    log.info("webhook.emitted", event_id=event.id, type=event_type, tenant=tenant)
+    return event
+
+
+# -- signing ------------------------------------------------------------------------------
+
+
+def new_secret() -> str:
+    """A fresh signing secret in the Standard Webhooks form, `whsec_<base64>`."""
+    return _SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def decode_secret(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret."""
+    return base64.b64decode(secret.removeprefix(_SECRET_PREFIX), validate=True)
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body`."""
+    mac = hmac.new(key, f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
+
+
+def signed_headers(key: bytes, msg_id: str, body: bytes, timestamp: int) -> dict[str, str]:
+    """The three Standard Webhooks headers for one delivery attempt."""
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": sign(key, msg_id, timestamp, body),
+    }
+
+
+def signing_key(settings: Settings) -> bytes:
+    """The HMAC key: from PROMPTQ_WEBHOOK_SECRET, or in development one kept under `home`."""
+    if settings.webhook_secret is not None:
+        return decode_secret(settings.webhook_secret.get_secret_value())
+    if settings.environment == "production":
+        raise ConfigError("PROMPTQ_WEBHOOK_SECRET is required in production.")
+    path = settings.home / _DEV_SECRET_FILE
+    if not path.exists():
+        _create_secret_file(path)
+        log.warning("webhook.development_secret", path=str(path))
+    return decode_secret(path.read_text().strip())
+
+
+def _create_secret_file(path: Path) -> None:
+    # Written aside and hard-linked into place: of two processes starting at once, one
+    # secret wins and neither reads a half-written file.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(new_secret() + "\n")
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+
+
+# -- SSRF guard ---------------------------------------------------------------------------
+
+
+class AllowList:
+    """Hostnames and networks that webhooks may reach although they are internal."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.hosts: set[str] = set()
+        self.networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in entries:
+            try:
+                self.networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+            except ValueError:
+                self.hosts.add(entry.strip().lower().rstrip("."))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AllowList:
+        """The allow-list of `webhook_allowed_hosts`."""
+        return cls(settings.webhook_allowed_hosts)
+
+    def allows_host(self, host: str) -> bool:
+        """Whether the hostname itself is trusted, whatever it resolves to."""
+        return host.lower().rstrip(".") in self.hosts
+
+    def allows_address(self, address: IPAddress) -> bool:
+        """Whether an internal address lies in an allowed network."""
+        return any(address in network for network in self.networks)
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why a webhook may not go to `address` (e.g. 'private'), or None for a public one."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    # The specific kinds first: 169.254.169.254 is "private" too, but "link-local" says more.
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
+        if getattr(address, f"is_{kind}"):
+            return kind.replace("_", "-")
+    if not address.is_global:
+        return "non-global"
+    return None
+
+
+@dataclass(frozen=True)
+class WebhookTarget:
+    """A checked webhook URL and the addresses it may be sent to."""
+
+    url: str
+    host: str
+    port: int
+    addresses: list[IPAddress]
+
+
+def _split(url: str) -> tuple[SplitResult, str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise WebhookURLRefused("webhook_url must be an http:// or https:// URL with a host.")
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        raise WebhookURLRefused("webhook_url has an invalid port.") from None
+    return parts, parts.hostname, port
+
+
+async def _resolve(host: str, port: int) -> list[IPAddress]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(_RESOLVE_TIMEOUT):
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except (OSError, TimeoutError) as exc:
+        raise WebhookURLRefused(f"webhook_url host {host!r} cannot be resolved ({exc}).") from None
+    found: list[IPAddress] = []
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise WebhookURLRefused(f"webhook_url host {host!r} has no address.")
+    return found
+
+
+async def resolve_target(url: str, allow: AllowList) -> WebhookTarget:
+    """Resolve a webhook URL and vet every address; raises WebhookURLRefused."""
+    _, host, port = _split(url)
+    addresses = await _resolve(host, port)
+    if not allow.allows_host(host):
+        for address in addresses:
+            reason = refusal(address)
+            if reason is not None and not allow.allows_address(address):
+                raise WebhookURLRefused(
+                    f"webhook_url host {host!r} resolves to {address}, a {reason} address; "
+                    "promptq does not call internal addresses (see webhook_allowed_hosts)."
+                )
+    return WebhookTarget(url=url, host=host, port=port, addresses=addresses)
+
+
+async def check_webhook_url(url: str, settings: Settings) -> None:
+    """Refuse, as 400 `invalid_webhook_url`, a webhook URL the relay would not call."""
+    await resolve_target(url, AllowList.from_settings(settings))
+
+
+if __name__ == "__main__":  # `python -m promptq.webhooks`: a new secret for production
+    sys.stdout.write(new_secret() + "\n")
