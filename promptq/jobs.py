@@ -21,6 +21,7 @@ __all__ = [
     "JobOutcome",
     "bump_attempt",
     "claim",
+    "emit_job_event",
     "record_failure",
     "record_success",
     "release",
@@ -189,10 +190,15 @@ async def record_failure(
 async def _emit_final(session: AsyncSession, job: ClaimedJob, event_type: str) -> None:
     # The webhook commits with the final state: none for a result that did not commit.
     if job.webhook_url:
-        row = await session.get(Job, job.id, populate_existing=True)
-        if row is not None and row.webhook_url:
-            data = job_out(row).model_dump(mode="json")
-            emit(session, tenant=row.tenant, event_type=event_type, url=row.webhook_url, data=data)
+        await emit_job_event(session, job.id, event_type)
+
+
+async def emit_job_event(session: AsyncSession, job_id: str, event_type: str) -> None:
+    """Queue `event_type` for the job's webhook (if it has one) in the session's transaction."""
+    row = await session.get(Job, job_id, populate_existing=True)
+    if row is not None and row.webhook_url:
+        data = job_out(row).model_dump(mode="json")
+        emit(session, tenant=row.tenant, event_type=event_type, url=row.webhook_url, data=data)
 
 
 async def bump_attempt(

@@ -21,6 +21,7 @@ from promptq.config import Settings
 from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
+from promptq.jobs import emit_job_event
 from promptq.models import Batch, BatchStatus, Job, JobStatus, utcnow
 from promptq.scheduler.dispatch import WORKER_LOST, dispatch_queued
 
@@ -86,13 +87,17 @@ class Sweeper:
                     lease_owner=None,
                     lease_expires_at=None,
                     error_code="max_attempts_exceeded",
-                    error_message=sa.literal("The job's worker was lost on every attempt ")
-                    + sa.literal("(the job may crash its worker)."),
+                    error_message="The job's worker was lost on every attempt "
+                    "(the job may crash its worker).",
                 )
-                .returning(Job.id)
+                .returning(Job.id, Job.webhook_url)
                 .execution_options(synchronize_session=False)
             )
-            report.failed = len(failed.all())
+            rows = failed.all()
+            report.failed = len(rows)
+            for job_id, webhook_url in rows:
+                if webhook_url:
+                    await emit_job_event(session, job_id, "job.failed")
             requeued = await session.execute(
                 sa.update(Job)
                 .where(expired, Job.attempts < Job.max_attempts)

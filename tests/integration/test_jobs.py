@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from promptq.db import Database
 from promptq.jobs import JobOutcome, bump_attempt, claim, record_failure, record_success
-from promptq.models import Job, JobStatus, UsageRecord, utcnow
+from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
 
 pytestmark = pytest.mark.anyio
 
@@ -25,10 +25,13 @@ OUTCOME = JobOutcome(
 )
 
 
-async def _add_job(db: Database, job_id: str = "job_1", max_attempts: int = 3) -> None:
+async def _add_job(
+    db: Database, job_id: str = "job_1", max_attempts: int = 3, webhook_url: str | None = None
+) -> None:
     async with db.session() as session:
         session.add(
             Job(
+                webhook_url=webhook_url,
                 id=job_id,
                 tenant="t",
                 model="m",
@@ -103,7 +106,7 @@ async def test_a_retry_counts_as_an_attempt_under_the_same_lease(db: Database) -
 
 
 async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
-    db: Database, redis_server: object, env: dict[str, str]
+    db: Database, integration_pg_url: str, env: dict[str, str]
 ) -> None:
     import redis.asyncio as aioredis
 
@@ -113,14 +116,12 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
 
     # Given two running jobs whose worker died: one with attempts left, one without
     await _add_job(db, "job_a", max_attempts=3)
-    await _add_job(db, "job_b", max_attempts=1)
+    await _add_job(db, "job_b", max_attempts=1, webhook_url="https://hooks.example/x")
     async with db.session() as session:
         await claim(session, ["job_a", "job_b"], "dead-worker", 60)
         await session.execute(sa.update(Job).values(lease_expires_at=utcnow() - timedelta(1)))
         await session.commit()
-    settings = Settings(
-        database_url=env["PROMPTQ_DATABASE_URL"], redis_url=env["PROMPTQ_REDIS_URL"]
-    )
+    settings = Settings(database_url=integration_pg_url, redis_url=env["PROMPTQ_REDIS_URL"])
     redis = aioredis.Redis.from_url(settings.redis_url)
     # When the sweeper runs
     report = await Sweeper(settings, db, make_celery(settings), redis).sweep()
@@ -130,3 +131,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     assert (report.requeued, report.failed) == (1, 1)
     assert a.status == JobStatus.QUEUED and a.enqueued_at is not None
     assert (b.status, b.error_code) == (JobStatus.FAILED, "max_attempts_exceeded")
+    # And the failure is announced to the job's webhook through the outbox
+    async with db.session() as session:
+        events = (await session.execute(sa.select(WebhookEvent))).scalars().all()
+    assert [(e.event_type, e.payload["data"]["id"]) for e in events] == [("job.failed", "job_b")]
