@@ -223,6 +223,8 @@ class Batch(Base):
     output_file_id: Mapped[str | None] = mapped_column(sa.String(40))
     error_file_id: Mapped[str | None] = mapped_column(sa.String(40))
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
+    # The batch whose failed lines this one re-runs (POST /v1/batches/{id}/retry).
+    retry_of: Mapped[str | None] = mapped_column(sa.String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

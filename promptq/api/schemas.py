@@ -14,6 +14,8 @@ __all__ = [
     "BatchCreate",
     "BatchList",
     "BatchOut",
+    "ErrorBody",
+    "ErrorResponse",
     "FileOut",
     "JobCreate",
     "JobOut",
@@ -25,6 +27,22 @@ __all__ = [
 ]
 
 Priority = Field(default=5, ge=0, le=9, description="0 runs soonest, 9 latest.")
+
+
+class ErrorBody(BaseModel):
+    """What went wrong: a stable `code` to branch on, a `message` for people, and the
+    request field at fault, if one is."""
+
+    code: str
+    message: str
+    type: Literal["invalid_request_error", "server_error"]
+    param: str | None
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error response (OpenAI's envelope)."""
+
+    error: ErrorBody
 
 
 def _ts(value: datetime | None) -> int | None:
@@ -211,6 +229,7 @@ class BatchOut(BaseModel):
     usage: BatchUsage
     priority: int
     cost_usd: float
+    retry_of: str | None = None
 
 
 def batch_out(batch: Batch, summary: BatchSummary) -> BatchOut:
@@ -242,6 +261,7 @@ def batch_out(batch: Batch, summary: BatchSummary) -> BatchOut:
         ),
         priority=batch.priority,
         cost_usd=float(summary.cost_usd),
+        retry_of=batch.retry_of,
     )
 
 

@@ -100,3 +100,26 @@ def test_an_expired_batch_keeps_finished_results_and_expires_the_rest(
     assert len(output) == counts["completed"]
     assert {e["error"]["code"] for e in errors} == {"batch_expired"}
     assert len({x["custom_id"] for x in output + errors}) == 600
+
+
+def test_retry_reruns_only_the_failed_lines_as_a_linked_batch(
+    client: httpx.Client, pipeline: str, tmp_path: Path
+) -> None:
+    # Given a finished batch where one line failed on every attempt (4 x 500)
+    lines = [chat_line(f"r-{i}", f"fine {i}") for i in range(3)]
+    lines.append(chat_line("flaky", "flaky [[sim:fail=500x4]]"))
+    first = wait_batch(
+        client, upload_and_run(client, write_jsonl(tmp_path / "r.jsonl", lines))["id"]
+    )
+    assert first["request_counts"]["failed"] == 1
+    # When it is retried
+    retried = client.post(f"/v1/batches/{first['id']}/retry")
+    assert retried.status_code == 200, retried.text
+    second = wait_batch(client, retried.json()["id"])
+    # Then the new batch re-ran just that line, now successfully, and names its origin
+    assert second["retry_of"] == first["id"]
+    assert second["request_counts"]["total"] == 1
+    assert [x["custom_id"] for x in read_file(client, second["output_file_id"])] == ["flaky"]
+    # And a batch with nothing to re-run says so
+    again = client.post(f"/v1/batches/{second['id']}/retry")
+    assert (again.status_code, again.json()["error"]["code"]) == (400, "nothing_to_retry")

@@ -19,6 +19,7 @@ from promptq.api.deps import (
     owned,
 )
 from promptq.api.schemas import BatchCreate, BatchList, BatchOut, batch_out
+from promptq.batch_retry import retry_batch
 from promptq.batches import cancel_batch, create_batch, parse_window, summarize
 from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest
@@ -139,4 +140,18 @@ async def cancel_batch_route(batch_id: str, key: CurrentKey, session: SessionDep
     ):
         raise HTTPException(409, f"A batch that is {batch.status} cannot be cancelled.")
     batch = await cancel_batch(session, batch)
+    return batch_out(batch, await summarize(session, batch.id))
+
+
+@router.post("/{batch_id}/retry", operation_id="retry_batch")
+async def retry_batch_route(
+    batch_id: str, key: CurrentKey, session: SessionDep, catalog: CatalogDep, state: StateDep
+) -> BatchOut:
+    """Re-run the lines of a finished batch that got no result (failed, expired or
+    cancelled) as a new batch whose `retry_of` names this one."""
+    source = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
+    batch = await retry_batch(session, catalog, source, state.settings.max_attempts)
+    await dispatch_queued(
+        session, state.celery, state.settings.chunk_size, Job.batch_id == batch.id
+    )
     return batch_out(batch, await summarize(session, batch.id))
