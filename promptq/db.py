@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,7 +17,7 @@ from sqlalchemy.ext.asyncio import (
 
 from promptq.config import Settings, sqlalchemy_url
 
-__all__ = ["Database", "create_sync_engine"]
+__all__ = ["MAX_JSON_DEPTH", "Database", "create_sync_engine", "unstorable"]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -35,6 +37,50 @@ def create_sync_engine(url: str) -> sa.Engine:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+# How deeply a stored JSON value may nest; real requests, response_format schemas
+# included, stay far below, while JSON encoders and pydantic fail a few hundred levels down.
+MAX_JSON_DEPTH = 64
+
+
+def _text_problem(text: str) -> str | None:
+    if "\x00" in text:
+        return "a NUL character (\\u0000)"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "an unpaired surrogate (\\ud800-\\udfff)"
+    return None
+
+
+def unstorable(value: object, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str] | None:
+    """Where a JSON value holds what promptq cannot store (a NUL character, an unpaired
+    surrogate, NaN, an infinity, or nesting past `max_depth`), and what, e.g.
+    `("messages.0.content", "a NUL character (\\u0000)")`; None if it has none."""
+    pending: deque[tuple[str, object, int]] = deque([("", value, 0)])
+    while pending:  # iterative: a deeply nested value must not exhaust the stack
+        path, item, depth = pending.popleft()
+        if isinstance(item, str):
+            problem = _text_problem(item)
+            if problem:
+                return path, problem
+        elif isinstance(item, float) and not math.isfinite(item):
+            return path, "a number that is NaN or infinite"
+        elif isinstance(item, dict | list | tuple) and depth >= max_depth:
+            return path, f"values nested more than {max_depth} levels deep"
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = _text_problem(str(key))
+                if problem:
+                    return path, f"a key with {problem}"
+                pending.append((f"{path}.{key}" if path else str(key), child, depth + 1))
+        elif isinstance(item, list | tuple):
+            pending.extend(
+                (f"{path}.{i}" if path else str(i), child, depth + 1)
+                for i, child in enumerate(item)
+            )
+    return None
 
 
 class Database:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from typing import IO, Any
 
@@ -12,6 +12,7 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from promptq.db import unstorable
 from promptq.errors import InvalidRequest
 from promptq.ids import new_id
 from promptq.models import File, FileLine, FilePurpose
@@ -50,10 +51,16 @@ def parse_line(raw: str) -> tuple[ParsedLine, bool]:
     """Check one JSONL line; the flag says whether it was JSON at all."""
     try:
         obj = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        return _fail(raw, "invalid_json", f"Line is not valid JSON: {exc.msg}."), False
+    except (ValueError, RecursionError) as exc:  # also too deep, or an integer too long
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
+        return _fail(raw, "invalid_json", f"Line is not valid JSON: {reason}."), False
     if not isinstance(obj, dict):
         return _fail(raw, "invalid_request", "Line must be a JSON object."), True
+    found = unstorable(obj)
+    if found is not None:
+        safe = None if unstorable(obj.get("custom_id")) else obj
+        message = f"{found[0] or 'Line'} contains {found[1]}, which promptq cannot store."
+        return _fail(raw, "invalid_request", message, safe), True
     custom_id = obj.get("custom_id")
     if not isinstance(custom_id, str) or not custom_id:
         return _fail(raw, "missing_custom_id", "Line has no custom_id (a string).", obj), True
@@ -85,6 +92,8 @@ def _read_lines(stream: IO[bytes], max_lines: int) -> Iterable[tuple[int, Parsed
                 "too_many_lines", f"A batch file may have at most {max_lines} lines.", 413
             )
         parsed, was_json = parse_line(text)
+        if "\x00" in text:  # never valid JSON; Postgres text cannot hold it, so store U+FFFD
+            parsed = replace(parsed, raw=text.replace("\x00", "\ufffd"))
         if parsed.error_code is None and parsed.custom_id in seen:
             parsed = ParsedLine(
                 raw=text,
@@ -101,6 +110,7 @@ async def store_upload(
     session: AsyncSession, tenant: str, filename: str, stream: IO[bytes], max_lines: int
 ) -> File:
     """Parse `stream` line by line and store the file and its lines; 400 if nothing is JSON."""
+    filename = filename.replace("\x00", "\ufffd")  # a multipart header may hold one; text cannot
     file = File(id=new_id("file-"), tenant=tenant, purpose=FilePurpose.BATCH, filename=filename)
     session.add(file)
     await session.flush()

@@ -199,7 +199,10 @@ class WebhookTarget:
 
 
 def _split(url: str) -> tuple[SplitResult, str, int]:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed or invalid [IPv6] host
+        raise WebhookURLRefused("webhook_url is not a valid URL.") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise WebhookURLRefused("webhook_url must be an http:// or https:// URL with a host.")
     try:
@@ -218,7 +221,7 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
     try:
         async with asyncio.timeout(_RESOLVE_TIMEOUT):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: not a valid IDNA name
         raise WebhookURLRefused(f"webhook_url host {host!r} cannot be resolved ({exc}).") from None
     found: list[IPAddress] = []
     for *_, sockaddr in infos:

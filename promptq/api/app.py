@@ -6,19 +6,26 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI, Request
 
 from promptq import __version__
 from promptq.api.deps import AppState
-from promptq.api.errors import install_error_handlers
+from promptq.api.errors import ERROR_RESPONSES, install_error_handlers
 from promptq.api.limits import BodySizeLimit
 from promptq.api.routes import batches, files, jobs, meta
 from promptq.catalog import Catalog, load_catalog
 from promptq.config import Settings, get_settings
 from promptq.db import Database
+from promptq.errors import InvalidRequest
 from promptq.workers.celery_app import make_celery
 
 __all__ = ["create_app"]
+
+
+async def _no_nul_in_url(request: Request) -> None:
+    # Ids and cursors are looked up in Postgres text columns, which cannot hold NUL.
+    if any("\x00" in v for v in [*request.path_params.values(), *request.query_params.values()]):
+        raise InvalidRequest("invalid_request", "The URL contains a NUL character (%00).")
 
 
 def create_app(settings: Settings | None = None, catalog: Catalog | None = None) -> FastAPI:
@@ -49,8 +56,11 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         description="Queue-backed asynchronous jobs for LLM prompts.",
     )
     install_error_handlers(app)
-    for module in (jobs, files, batches, meta):
-        app.include_router(module.router)
+    for module in (jobs, files, batches):
+        app.include_router(
+            module.router, responses=ERROR_RESPONSES, dependencies=[Depends(_no_nul_in_url)]
+        )
+    app.include_router(meta.router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,

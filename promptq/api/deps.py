@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from promptq.catalog import Catalog
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.idempotency import Idempotency, check_key
+from promptq.idempotency import MAX_KEY_LENGTH, Idempotency, check_key
 from promptq.keys import find_key
 from promptq.models import ApiKey
 
@@ -93,6 +93,8 @@ async def _idempotency(
         Header(
             alias="Idempotency-Key",
             description="Retrying with the same key returns the first response (24 h).",
+            # Documented only: check_key refuses a bad key with its own error code.
+            json_schema_extra={"maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]([ -~]*[!-~])?$"},
         ),
     ] = None,
 ) -> Idempotency:

@@ -5,9 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from promptq.batches import BatchSummary
+from promptq.db import unstorable
 from promptq.models import Batch, File, Job
 
 __all__ = [
@@ -49,6 +51,24 @@ def _ts(value: datetime | None) -> int | None:
     return int(value.timestamp()) if value else None
 
 
+class _Input(BaseModel):
+    """A request body; everything in it, extra fields too, must be storable (see
+    `promptq.db.unstorable`), or it is refused with a 400 naming the field."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        found = unstorable(data)
+        if found is not None:
+            # `path` becomes the error's `param` (see promptq.api.errors).
+            raise PydanticCustomError(
+                "unstorable_value",
+                "contains {problem}, which promptq cannot store",
+                {"path": found[0], "problem": found[1]},
+            )
+        return data
+
+
 class Message(BaseModel):
     """One chat message; content may be text or OpenAI content parts."""
 
@@ -58,7 +78,7 @@ class Message(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class JobCreate(BaseModel):
+class JobCreate(_Input):
     """A chat-completions request plus promptq's own fields; other OpenAI sampling
     parameters (response_format, seed, ...) pass through to the backend."""
 
@@ -179,7 +199,7 @@ def file_out(file: File) -> FileOut:
     )
 
 
-class BatchCreate(BaseModel):
+class BatchCreate(_Input):
     """OpenAI's batch request, plus `priority` and `webhook_url`."""
 
     input_file_id: str = Field(min_length=1, max_length=40)

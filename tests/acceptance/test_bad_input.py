@@ -39,6 +39,9 @@ def test_an_unknown_model_gets_400_model_not_found(client: httpx.Client) -> None
         {"model": "sim-gpt", "messages": [{"role": "wizard", "content": "hi"}]},
         {"model": "sim-gpt", "messages": [{"role": "user", "content": "hi"}], "priority": 12},
         {"model": "sim-gpt", "messages": [{"role": "user", "content": "hi"}], "temperature": "hot"},
+        # Values Postgres cannot store are refused before they reach it.
+        {"model": "sim-gpt", "messages": [{"role": "user", "content": "nul \x00"}]},
+        {"model": "sim-gpt", "messages": [{"role": "user"}], "metadata": {"k\x00": "v"}},
     ],
 )
 def test_a_malformed_job_gets_400_invalid_request(client: httpx.Client, body: dict) -> None:  # type: ignore[type-arg]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -38,7 +39,7 @@ def _priority(body: BatchCreate) -> int:
     raw = (body.metadata or {}).get("priority")
     if raw is None:
         return 5
-    if not raw.isdigit() or int(raw) > 9:
+    if re.fullmatch(r"0*[0-9]", raw) is None:  # not isdigit(): int("²") raises
         raise InvalidRequest("invalid_priority", "metadata.priority must be an integer 0-9.")
     return int(raw)
 
