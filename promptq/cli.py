@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -193,4 +192,4 @@ def demo(
     real model on vLLM, a bulk document job through the API."""
     from promptq.demo import run_demo
 
-    raise typer.Exit(run_demo(documents=documents, output=output, env=dict(os.environ)))
+    raise typer.Exit(run_demo(documents=documents, output=output))

@@ -125,13 +125,13 @@ class VllmEngine:
                 messages, tokenize=False, add_generation_prompt=True
             )
         except Exception as exc:  # the template is model code: any failure means bad input
-            raise TerminalError(
+            raise _bad_request(
                 "invalid_request", f"The model's chat template rejected the messages: {exc}"
             ) from exc
         # The template already wrote the special tokens the model expects.
         ids = [int(token) for token in self._tokenizer.encode(str(text), add_special_tokens=False)]
         if len(ids) + 1 > self._max_model_len:
-            raise TerminalError(
+            raise _bad_request(
                 "context_length_exceeded",
                 f"This model's maximum context length is {self._max_model_len} tokens; "
                 f"the prompt has {len(ids)} tokens.",
@@ -150,7 +150,7 @@ class VllmEngine:
                 **options, output_kind=RequestOutputKind.DELTA, stream_interval=STREAM_INTERVAL
             )
         except (VLLMClientError, ValueError, TypeError) as exc:
-            raise TerminalError("invalid_request", f"Invalid sampling parameters: {exc}") from exc
+            raise _bad_request("invalid_request", f"Invalid sampling parameters: {exc}") from exc
 
     async def _generate(
         self, prompt_ids: list[int], params: Any, request_id: str, priority: int
@@ -216,7 +216,7 @@ def _job_error(exc: Exception) -> Exception:
     if isinstance(exc, EngineDeadError):
         return RetryableError("engine_dead", "The vLLM engine process died; restart the worker.")
     if isinstance(exc, VLLMClientError):
-        return TerminalError("invalid_request", f"The engine rejected the request: {exc}")
+        return _bad_request("invalid_request", f"The engine rejected the request: {exc}")
     if isinstance(exc, GracefulHTTPError):
         return RetryableError("engine_busy", exc.message, int(exc.http_status))
     return RetryableError("engine_error", f"The engine failed the request: {exc!r}")
@@ -226,11 +226,11 @@ def _chat_messages(body: Mapping[str, Any]) -> list[dict[str, str]]:
     """The body's messages with text-only content, as chat templates expect."""
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
-        raise TerminalError("invalid_request", "'messages' must be a non-empty list.")
+        raise _bad_request("invalid_request", "'messages' must be a non-empty list.")
     rendered: list[dict[str, str]] = []
     for message in messages:
         if not isinstance(message, dict) or not isinstance(message.get("role"), str):
-            raise TerminalError("invalid_request", "Each message needs a string 'role'.")
+            raise _bad_request("invalid_request", "Each message needs a string 'role'.")
         rendered.append({"role": message["role"], "content": _text_content(message)})
     return rendered
 
@@ -245,7 +245,7 @@ def _text_content(message: Mapping[str, Any]) -> str:
         for part in content
     ):
         return "".join(part["text"] for part in content)
-    raise TerminalError("unsupported_content", "This model takes text content only.")
+    raise _bad_request("unsupported_content", "This model takes text content only.")
 
 
 def _sampling_options(body: Mapping[str, Any], room: int) -> dict[str, Any]:
@@ -253,13 +253,13 @@ def _sampling_options(body: Mapping[str, Any], room: int) -> dict[str, Any]:
     prompt."""
     n = body.get("n")
     if n not in (None, 1):
-        raise TerminalError("unsupported_parameter", "Only n=1 is supported.")
+        raise _bad_request("unsupported_parameter", "Only n=1 is supported.")
     stop = body.get("stop")
     if not (stop is None or isinstance(stop, str) or _is_str_list(stop)):
-        raise TerminalError("invalid_request", "'stop' must be a string or a list of strings.")
+        raise _bad_request("invalid_request", "'stop' must be a string or a list of strings.")
     seed = body.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TerminalError("invalid_request", "'seed' must be an integer.")
+        raise _bad_request("invalid_request", "'seed' must be an integer.")
     return {
         "temperature": _number(body, "temperature", 1.0),
         "top_p": _number(body, "top_p", 1.0),
@@ -279,7 +279,7 @@ def _max_tokens(body: Mapping[str, Any]) -> int:
     if value is None:
         return DEFAULT_MAX_TOKENS
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TerminalError("invalid_request", "'max_tokens' must be a positive integer.")
+        raise _bad_request("invalid_request", "'max_tokens' must be a positive integer.")
     return value
 
 
@@ -288,9 +288,14 @@ def _number(body: Mapping[str, Any], key: str, default: float) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TerminalError("invalid_request", f"{key!r} must be a number.")
+        raise _bad_request("invalid_request", f"{key!r} must be a number.")
     return float(value)
 
 
 def _is_str_list(value: object) -> bool:
     return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def _bad_request(code: str, message: str) -> TerminalError:
+    """A request the engine cannot run, answered as an OpenAI-compatible server would: 400."""
+    return TerminalError(code, message, 400)

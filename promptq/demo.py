@@ -1,0 +1,224 @@
+"""`promptq demo`: a bulk document job end to end on one machine, with only Python.
+
+An embedded Redis, a SQLite file, the API, a GPU worker running the small real model on
+vLLM (its CPU build where there is no GPU) and the scheduler; 200 bundled documents are
+summarised and classified through the API; results land in a JSONL file."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+
+from promptq.client import Client
+from promptq.config import Settings
+from promptq.embedded import Child, free_port, redis_binary, wait_until
+from promptq.submit import follow
+
+__all__ = ["run_demo"]
+
+DOCUMENTS = Path(__file__).parent / "data" / "documents.jsonl"
+MODEL = "smollm2-135m"
+CATEGORIES = ("finance", "technology", "health", "sports", "science", "weather", "travel")
+PROMPT = (
+    "Summarise the document in one sentence. Then, on a new line, write 'Category:' and "
+    "one word from: {categories}.\n\nDocument: {text}"
+)
+
+
+@dataclass(frozen=True)
+class DemoEnv:
+    """Where the demo's processes find each other."""
+
+    home: Path
+    env: dict[str, str]
+    api_url: str
+
+
+def _documents(limit: int | None) -> list[dict[str, str]]:
+    with DOCUMENTS.open(encoding="utf-8") as fh:
+        docs = [json.loads(line) for line in fh if line.strip()]
+    return docs[:limit] if limit else docs
+
+
+def _batch_file(docs: list[dict[str, str]], path: Path) -> Path:
+    with path.open("w", encoding="utf-8") as out:
+        for doc in docs:
+            body = {
+                "model": MODEL,
+                "max_tokens": 64,
+                "temperature": 0,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": PROMPT.format(
+                            categories=", ".join(CATEGORIES), text=doc["text"]
+                        ),
+                    }
+                ],
+            }
+            line = {
+                "custom_id": doc["id"],
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": body,
+            }
+            out.write(json.dumps(line) + "\n")
+    return path
+
+
+@contextmanager
+def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
+    """Embedded Redis, a fresh SQLite database, the API, a GPU worker and the scheduler."""
+    logs = home / "logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    for stale in home.glob("promptq.db*"):
+        stale.unlink()
+    redis_port, api_port = free_port(), free_port()
+    env = {
+        "PROMPTQ_HOME": str(home.parent),
+        "PROMPTQ_DATABASE_URL": f"sqlite:///{home}/promptq.db",
+        "PROMPTQ_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "PROMPTQ_CHUNK_SIZE": "8",
+        "PROMPTQ_SWEEP_INTERVAL_SECONDS": "2",
+        "VLLM_LOGGING_LEVEL": "WARNING",
+    }
+    with ExitStack() as stack:
+        redis = Child(
+            "redis",
+            [
+                redis_binary(),
+                "--port",
+                str(redis_port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(home),
+            ],
+            {},
+            logs,
+        )
+        stack.callback(redis.stop)
+        from promptq.migrate import upgrade
+
+        upgrade(env["PROMPTQ_DATABASE_URL"])
+        api = Child.promptq("api", ["api", "--port", str(api_port)], env, logs)
+        stack.callback(api.stop)
+        worker = Child.promptq("gpu-worker", ["worker", "gpu", "--model", MODEL], env, logs)
+        stack.callback(worker.stop, 60)
+        scheduler = Child.promptq("scheduler", ["scheduler"], env, logs)
+        stack.callback(scheduler.stop)
+        api_url = f"http://127.0.0.1:{api_port}"
+        wait_until(lambda: _ready(api_url), 60, "the API", api.alive)
+        with console.status("Loading the model into vLLM (first run converts it, ~1 min)"):
+            wait_until(
+                lambda: "worker.ready" in worker.log_text(), 900, "the GPU worker", worker.alive
+            )
+        console.print(f"[green]services up[/green] (logs in {logs})")
+        yield DemoEnv(home=home, env=env, api_url=api_url)
+        console.print("shutting down ...")
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _api_key(env: dict[str, str]) -> str:
+    import asyncio
+
+    from promptq.db import Database
+    from promptq.keys import create_key
+
+    async def create() -> str:
+        db = Database(env["PROMPTQ_DATABASE_URL"])
+        try:
+            async with db.session() as session:
+                token, _ = await create_key(session, "demo")
+                return token
+        finally:
+            await db.dispose()
+
+    return asyncio.run(create())
+
+
+def _answer(result: dict[str, Any]) -> str:
+    """The model's text for a result line ('' for an error line)."""
+    response = result.get("response")
+    if not response or response["status_code"] != 200:
+        return ""
+    content: str = response["body"]["choices"][0]["message"]["content"]
+    return content.strip()
+
+
+def _category(answer: str) -> str | None:
+    """The category the model named after 'Category:', if it is one of ours."""
+    _, found, tail = answer.lower().rpartition("category")
+    if not found:
+        return None
+    return next((c for c in CATEGORIES if c in tail), None)
+
+
+def _summary(
+    console: Console,
+    batch: dict[str, Any],
+    results: list[dict[str, Any]],
+    docs: list[dict[str, str]],
+    seconds: float,
+    output: Path,
+) -> None:
+    counts, usage = batch["request_counts"], batch["usage"]
+    labels = {d["id"]: d["category"] for d in docs}
+    named = {r["custom_id"]: _category(_answer(r)) for r in results}
+    matched = sum(1 for cid, category in named.items() if category == labels.get(cid))
+    answered = sum(1 for category in named.values() if category)
+    console.print(f"""
+[bold]promptq demo finished[/bold]: batch {batch["id"]} {batch["status"]}
+  jobs        {counts["total"]} total, {counts["completed"]} succeeded, {counts["failed"]} failed
+  tokens      {usage["input_tokens"]} prompt + {usage["output_tokens"]} completion
+  throughput  {usage["output_tokens"] / seconds:.1f} completion tok/s over {seconds:.1f} s
+  cost        ${batch["cost_usd"]:.6f} (self-hosted model, priced at zero in the models file)
+  categories  {answered} answers name a category, {matched} match the document's label
+  results     {output.resolve()}""")
+    first = next((r for r in results if _answer(r)), None)
+    if first:
+        console.print(f"  e.g. {first['custom_id']}: {_answer(first)!r}")
+
+
+def run_demo(*, documents: int | None, output: Path) -> int:
+    """Run the demo; returns the process exit code."""
+    console = Console(stderr=False)
+    settings = Settings()
+    home = settings.home / "demo"
+    docs = _documents(documents)
+    with _services(console, home) as demo:
+        client = Client(demo.api_url, _api_key(demo.env))
+        try:
+            upload = client.upload(_batch_file(docs, home / "documents-batch.jsonl"))
+            started = time.monotonic()
+            batch = follow(client, client.create_batch(upload["id"]))
+            seconds = time.monotonic() - started
+            with output.open("wb") as out:
+                for file_id in (batch["output_file_id"], batch["error_file_id"]):
+                    if file_id:
+                        client.download(file_id, out)
+        finally:
+            client.close()
+    results = [json.loads(line) for line in output.read_text().splitlines()]
+    _summary(console, batch, results, docs, seconds, output)
+    return 0 if batch["status"] == "completed" and batch["request_counts"]["failed"] == 0 else 1
