@@ -28,10 +28,15 @@ __all__ = ["run_demo"]
 DOCUMENTS = Path(__file__).parent / "data" / "documents.jsonl"
 MODEL = "smollm2-135m"
 CATEGORIES = ("finance", "technology", "health", "sports", "science", "weather", "travel")
-PROMPT = (
-    "Summarise the document in one sentence. Then, on a new line, write 'Category:' and "
-    "one word from: {categories}.\n\nDocument: {text}"
-)
+# Two requests per document: a small model does one task at a time best.
+TASKS = {
+    "summary": ("Summarise this news snippet in one sentence.\n\n{text}", 48),
+    "category": (
+        "Which one of these categories fits this news snippet best: {categories}? "
+        "Answer with the category name only.\n\n{text}",
+        6,
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -50,28 +55,26 @@ def _documents(limit: int | None) -> list[dict[str, str]]:
 
 
 def _batch_file(docs: list[dict[str, str]], path: Path) -> Path:
+    """The bulk job: a summary and a category request for each document, as OpenAI batch
+    lines (custom_id `<doc id>:<task>`)."""
+    categories = ", ".join(CATEGORIES)
     with path.open("w", encoding="utf-8") as out:
         for doc in docs:
-            body = {
-                "model": MODEL,
-                "max_tokens": 64,
-                "temperature": 0,
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": PROMPT.format(
-                            categories=", ".join(CATEGORIES), text=doc["text"]
-                        ),
-                    }
-                ],
-            }
-            line = {
-                "custom_id": doc["id"],
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": body,
-            }
-            out.write(json.dumps(line) + "\n")
+            for task, (prompt, max_tokens) in TASKS.items():
+                content = prompt.format(categories=categories, text=doc["text"])
+                body = {
+                    "model": MODEL,
+                    "max_tokens": max_tokens,
+                    "temperature": 0,
+                    "messages": [{"role": "user", "content": content}],
+                }
+                line = {
+                    "custom_id": f"{doc['id']}:{task}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": body,
+                }
+                out.write(json.dumps(line) + "\n")
     return path
 
 
@@ -167,11 +170,10 @@ def _answer(result: dict[str, Any]) -> str:
 
 
 def _category(answer: str) -> str | None:
-    """The category the model named after 'Category:', if it is one of ours."""
-    _, found, tail = answer.lower().rpartition("category")
-    if not found:
-        return None
-    return next((c for c in CATEGORIES if c in tail), None)
+    """The first of our categories the answer names, if any."""
+    words = answer.lower()
+    found = [(words.index(c), c) for c in CATEGORIES if c in words]
+    return min(found)[1] if found else None
 
 
 def _summary(
@@ -184,20 +186,25 @@ def _summary(
 ) -> None:
     counts, usage = batch["request_counts"], batch["usage"]
     labels = {d["id"]: d["category"] for d in docs}
-    named = {r["custom_id"]: _category(_answer(r)) for r in results}
-    matched = sum(1 for cid, category in named.items() if category == labels.get(cid))
-    answered = sum(1 for category in named.values() if category)
+    named = {
+        r["custom_id"].removesuffix(":category"): _category(_answer(r))
+        for r in results
+        if r["custom_id"].endswith(":category")
+    }
+    matched = sum(1 for doc, category in named.items() if category == labels.get(doc))
     console.print(f"""
 [bold]promptq demo finished[/bold]: batch {batch["id"]} {batch["status"]}
   jobs        {counts["total"]} total, {counts["completed"]} succeeded, {counts["failed"]} failed
   tokens      {usage["input_tokens"]} prompt + {usage["output_tokens"]} completion
   throughput  {usage["output_tokens"] / seconds:.1f} completion tok/s over {seconds:.1f} s
   cost        ${batch["cost_usd"]:.6f} (self-hosted model, priced at zero in the models file)
-  categories  {answered} answers name a category, {matched} match the document's label
+  categories  {matched} of {len(docs)} documents classified as labelled
   results     {output.resolve()}""")
-    first = next((r for r in results if _answer(r)), None)
-    if first:
-        console.print(f"  e.g. {first['custom_id']}: {_answer(first)!r}")
+    answers = {r["custom_id"]: _answer(r) for r in results}
+    doc = docs[0]
+    console.print(f"  e.g. {doc['id']} ({doc['category']}): {doc['text']}")
+    for task in TASKS:
+        console.print(f"       {task}: {answers.get(doc['id'] + ':' + task, '')!r}")
 
 
 def run_demo(*, documents: int | None, output: Path) -> int:
