@@ -32,9 +32,9 @@ CATEGORIES = ("finance", "technology", "health", "sports", "science", "weather",
 TASKS = {
     "summary": ("Summarise this news snippet in one sentence.\n\n{text}", 48),
     "category": (
-        "Which one of these categories fits this news snippet best: {categories}? "
-        "Answer with the category name only.\n\n{text}",
-        6,
+        "Classify this news snippet as one of: {categories}.\n\nSnippet: {text}\n\n"
+        "Reply with one word.",
+        12,
     ),
 }
 
