@@ -31,8 +31,6 @@ from typing import Any
 import httpx
 import redis
 from celery import Celery, signals
-from promptq.constants import BROKER_EPOCH_KEY
-
 from common import (
     CpuMeter,
     Proc,
@@ -53,6 +51,8 @@ from common import (
     wait_for,
     wait_http,
 )
+
+from promptq.constants import BROKER_EPOCH_KEY
 
 MODEL = "sim-gpt"  # promptq's name for the model
 UPSTREAM = "gpt-sim"  # the name the simulated provider is asked for

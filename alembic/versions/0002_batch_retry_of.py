@@ -8,6 +8,7 @@ Create Date: 2026-11-21 23:40:00
 from __future__ import annotations
 
 import sqlalchemy as sa
+
 from alembic import op
 
 revision = "0002"
