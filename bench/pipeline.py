@@ -1,7 +1,8 @@
 """The pipeline benchmark, in one run against real services:
 
-1. promptq end to end: a batch of N prompts through the API, the scheduler and one remote
-   worker to the simulated provider at zero latency, until the batch is `completed`;
+1. promptq end to end: a batch of N prompts through the API, the scheduler and one (or,
+   with --workers, more) remote worker processes to the simulated provider at zero latency,
+   until the batch is `completed`;
 2. the baseline: the same prompts as one bare Celery task each (no database), on the same
    Redis server and simulated provider;
 3. a large upload (POST /v1/files + POST /v1/batches) and the API process's peak memory.
@@ -192,9 +193,9 @@ def start_api(stack: ExitStack, svc: Services, name: str) -> tuple[Proc, str]:
     return proc, url
 
 
-def start_worker(stack: ExitStack, svc: Services, concurrency: int) -> Proc:
+def start_worker(stack: ExitStack, svc: Services, concurrency: int, name: str = "worker") -> Proc:
     args = ["worker", "remote", "--concurrency", str(concurrency)]
-    proc = spawn(stack, Proc.promptq("worker", args, svc.env, svc.log_dir))
+    proc = spawn(stack, Proc.promptq(name, args, svc.env, svc.log_dir))
     wait_for(lambda: "worker.ready" in proc.output() or not proc.alive(), 60, "worker")
     if not proc.alive():
         raise RuntimeError(f"the worker exited:\n{proc.output()}")
@@ -214,13 +215,23 @@ def start_scheduler(stack: ExitStack, svc: Services) -> Proc:
     return proc
 
 
-def run_promptq(svc: Services, prompts: int, concurrency: int, timeout: float) -> dict[str, Any]:
-    """API + one remote worker + the scheduler: a batch of `prompts`, create to completed."""
+def worker_names(workers: int) -> list[str]:
+    """The names (and log files) of the promptq worker processes: worker, worker-2, ..."""
+    return ["worker"] + [f"worker-{i}" for i in range(2, workers + 1)]
+
+
+def run_promptq(
+    svc: Services, prompts: int, concurrency: int, timeout: float, workers: int = 1
+) -> dict[str, Any]:
+    """API + `workers` remote worker processes + the scheduler: a batch of `prompts`,
+    create to completed."""
     path = svc.work_dir / "e2e.jsonl"
     write_jsonl(path, prompts)
     with ExitStack() as stack:
         api, url = start_api(stack, svc, "api")
-        procs = {"api": api, "worker": start_worker(stack, svc, concurrency)}
+        procs = {"api": api}
+        for name in worker_names(workers):
+            procs[name] = start_worker(stack, svc, concurrency, name)
         procs["scheduler"] = start_scheduler(stack, svc)
         pids = ", ".join(f"{n} {p.pid}" for n, p in {**procs, **svc.procs}.items())
         print(f"  pids: {pids}", flush=True)
@@ -237,8 +248,10 @@ def run_promptq(svc: Services, prompts: int, concurrency: int, timeout: float) -
     counts = done["request_counts"]
     if done["status"] != "completed" or counts["completed"] != prompts or output_lines != prompts:
         raise RuntimeError(f"batch ended {done['status']} {counts}, {output_lines} output lines")
+    worker_cpu = sum(cpu[name] for name in worker_names(workers))
     return {
         "prompts": prompts,
+        "workers": workers,
         "worker_concurrency": concurrency,
         "upload_s": round(upload_s, 3),
         "create_s": round(create_s, 3),
@@ -247,7 +260,7 @@ def run_promptq(svc: Services, prompts: int, concurrency: int, timeout: float) -
         "output_lines": output_lines,
         "load_1min_at_start": load,
         "cpu_s": cpu,
-        "worker_cpu_ms_per_prompt": round(cpu["worker"] * 1000 / prompts, 2),
+        "worker_cpu_ms_per_prompt": round(worker_cpu * 1000 / prompts, 2),
     }
 
 
@@ -442,7 +455,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts", type=int, default=10_000)
     parser.add_argument("--upload-lines", type=int, default=50_000)
     parser.add_argument("--line-chars", type=int, default=2000, help="message size, upload")
-    parser.add_argument("--concurrency", type=int, default=256, help="promptq worker")
+    parser.add_argument("--concurrency", type=int, default=256, help="per promptq worker")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        action="append",
+        help="promptq remote worker processes (repeatable: one end-to-end run each); default 1",
+    )
     parser.add_argument(
         "--baseline",
         type=parse_baseline,
@@ -462,6 +481,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--baseline-concurrency", type=int, default=64, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.baseline = args.baseline or [("threads", 64), ("prefork", 2)]
+    args.workers = args.workers or [1]
     return args
 
 
@@ -469,22 +489,22 @@ def run_throughput(args: argparse.Namespace, svc: Services, results: dict[str, A
     """`rounds` alternations of promptq and every baseline, on the same services."""
     results["promptq_runs"], results["baselines"] = [], []
     for round_no in range(1, args.rounds + 1):
-        if "e2e" in args.parts:
-            print(f"[{round_no}] promptq end to end, {args.prompts} prompts ...", flush=True)
-            run = run_promptq(svc, args.prompts, args.concurrency, args.timeout)
+        for workers in args.workers if "e2e" in args.parts else []:
+            print(
+                f"[{round_no}] promptq end to end, {workers} worker process(es), "
+                f"{args.prompts} prompts ...",
+                flush=True,
+            )
+            run = run_promptq(svc, args.prompts, args.concurrency, args.timeout, workers)
             results["promptq_runs"].append(run)
         for pool, concurrency in args.baseline if "baseline" in args.parts else []:
             print(f"[{round_no}] bare Celery {pool}:{concurrency} ...", flush=True)
             results["baselines"].append(run_baseline(svc, args.prompts, pool, concurrency))
 
 
-def compare(results: dict[str, Any]) -> None:
-    """The best promptq run against the best baseline run."""
-    if not results["promptq_runs"] or not results["baselines"]:
-        return
-    mine = max(results["promptq_runs"], key=lambda r: r["prompts_per_s"])
-    best = max(results["baselines"], key=lambda b: b["prompts_per_s"])
-    results["comparison"] = {
+def _ratio(mine: Mapping[str, Any], best: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "workers": mine["workers"],
         "promptq_prompts_per_s": mine["prompts_per_s"],
         "baseline": f"bare Celery {best['pool']}:{best['concurrency']}",
         "baseline_prompts_per_s": best["prompts_per_s"],
@@ -493,6 +513,20 @@ def compare(results: dict[str, Any]) -> None:
             mine["worker_cpu_ms_per_prompt"] / best["worker_cpu_ms_per_prompt"], 2
         ),
     }
+
+
+def compare(results: dict[str, Any]) -> None:
+    """The best promptq run (and the best of each worker count) against the best baseline."""
+    runs = results["promptq_runs"]
+    if not runs or not results["baselines"]:
+        return
+    best = max(results["baselines"], key=lambda b: b["prompts_per_s"])
+    results["comparison"] = _ratio(max(runs, key=lambda r: r["prompts_per_s"]), best)
+    counts = sorted({r["workers"] for r in runs})
+    results["comparison_by_workers"] = [
+        _ratio(max((r for r in runs if r["workers"] == n), key=lambda r: r["prompts_per_s"]), best)
+        for n in counts
+    ]
 
 
 def run_all(args: argparse.Namespace, log_dir: Path, work_dir: Path) -> dict[str, Any]:
@@ -521,7 +555,8 @@ def _throughput_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     for p in results["promptq_runs"]:
         wall = p["create_to_completed_s"]
-        rows.append(("promptq end to end", f"{p['prompts_per_s']:.0f} prompts/s ({wall:.2f} s)"))
+        name = f"promptq end to end, {p.get('workers', 1)} worker process(es)"
+        rows.append((name, f"{p['prompts_per_s']:.0f} prompts/s ({wall:.2f} s)"))
         rows.append(("  upload, create", f"{p['upload_s']:.2f} s, {p['create_s']:.2f} s"))
         rows.append(("  CPU (share of wall)", _cpu_line(p["cpu_s"], wall)))
         rows.append(("  worker CPU per prompt", f"{p['worker_cpu_ms_per_prompt']:.2f} ms"))
@@ -531,9 +566,9 @@ def _throughput_rows(results: Mapping[str, Any]) -> list[tuple[str, str]]:
         rows.append((f"bare Celery {b['pool']}:{b['concurrency']}", figure))
         rows.append(("  CPU (share of wall)", _cpu_line(b["cpu_s"], wall)))
         rows.append(("  worker CPU per prompt", f"{b['worker_cpu_ms_per_prompt']:.2f} ms"))
-    if "comparison" in results:
-        c = results["comparison"]
-        rows.append((f"promptq / {c['baseline']}", f"{c['ratio']:.2f} (throughput, best runs)"))
+    for c in results.get("comparison_by_workers", []):
+        name = f"promptq ({c['workers']} worker process(es)) / {c['baseline']}"
+        rows.append((name, f"{c['ratio']:.2f} (throughput, best runs)"))
         rows.append(("  worker CPU per prompt", f"{c['worker_cpu_per_prompt_ratio']:.2f} x"))
     return rows
 

@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=120.0, gt=0)
     retry_base_seconds: float = Field(default=1.0, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
+    # Workers: a finished job waits up to this long for others to be stored with it in one
+    # transaction, and a group holds at most this many jobs.
+    result_flush_seconds: float = Field(default=0.005, ge=0, le=1)
+    result_group_size: int = Field(default=100, ge=1, le=1000)
     # Uploads.
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_file_lines: int = Field(default=100_000, gt=0)

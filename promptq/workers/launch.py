@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import partial
 
-import httpx
+import aiohttp
 
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import ModelEntry, load_catalog
@@ -14,7 +14,7 @@ from promptq.errors import ConfigError
 from promptq.workers.celery_app import make_celery
 from promptq.workers.completion import Backend
 from promptq.workers.gpu_worker import gpu_in_flight, make_gpu_backend
-from promptq.workers.remote_worker import make_http_client, make_remote_backend
+from promptq.workers.remote_worker import make_http_session, make_remote_backend
 from promptq.workers.runtime import WorkerRuntime
 from promptq.workers.tasks import run_worker
 
@@ -24,25 +24,31 @@ __all__ = ["run_gpu_worker", "run_remote_worker"]
 def run_remote_worker(settings: Settings, *, concurrency: int, loglevel: str) -> None:
     """Serve every openai/anthropic model of the models file, `concurrency` requests at once."""
     catalog = load_catalog(settings.models_file)
-    client: httpx.AsyncClient | None = None
+    session: aiohttp.ClientSession | None = None
 
     async def make_backend(entry: ModelEntry) -> Backend:
-        nonlocal client
-        if client is None:  # made on the runtime's loop, shared by every adapter
-            client = make_http_client(concurrency, settings.request_timeout_seconds)
-        return make_remote_backend(entry, client)
+        nonlocal session
+        if session is None:  # made on the runtime's loop, shared by every adapter
+            session = make_http_session(concurrency, settings.request_timeout_seconds)
+        return make_remote_backend(entry, session)
+
+    async def close_session() -> None:
+        if session is not None:
+            await session.close()
 
     runtime = WorkerRuntime(
-        settings, catalog, make_backend, kind="remote", max_in_flight=concurrency
+        settings,
+        catalog,
+        make_backend,
+        kind="remote",
+        max_in_flight=concurrency,
+        on_stop=close_session,
     )
     runtime.start()
     try:
         run_worker(make_celery(settings), runtime, [REMOTE_QUEUE], threads=2, loglevel=loglevel)
     finally:
         runtime.stop()
-        if client is not None:
-            runtime_close = client.aclose()
-            runtime_close.close()  # the loop is gone; the sockets close with the process
 
 
 def _gpu_entry(settings: Settings, model: str | None) -> ModelEntry:

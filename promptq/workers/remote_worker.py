@@ -1,11 +1,12 @@
 """Provider adapters for the remote worker: OpenAI-compatible chat completions and
-Anthropic Messages over one pooled async HTTP client."""
+Anthropic Messages over one pooled aiohttp session per worker process."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
-import httpx
+import aiohttp
 
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import ModelEntry
@@ -14,58 +15,72 @@ from promptq.formats import chat_completion_body
 from promptq.retry import parse_retry_after
 from promptq.workers.completion import Backend, Completion, JobRequest
 
-__all__ = ["AnthropicBackend", "OpenAIBackend", "make_http_client", "make_remote_backend"]
+__all__ = ["AnthropicBackend", "OpenAIBackend", "make_http_session", "make_remote_backend"]
 
 _ANTHROPIC_VERSION = "2023-06-01"
 _ANTHROPIC_STOP = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}
 _DEFAULT_ANTHROPIC_MAX_TOKENS = 4096
+_CONNECT_TIMEOUT = 10.0
+# Idle pooled connections are closed after this long: before the server's own idle timeout
+# (uvicorn's, so vLLM's OpenAI server's, is 5 s), so a request rarely meets a connection
+# the server is closing.
+_KEEPALIVE_SECONDS = 4.0
+_JSON_HEADERS = {"Content-Type": "application/json"}
 
 
-def make_http_client(max_connections: int, timeout: float) -> httpx.AsyncClient:
-    """One pooled client per worker process, shared by every adapter."""
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
+def make_http_session(max_connections: int, timeout: float) -> aiohttp.ClientSession:
+    """One pooled session per worker process, shared by every adapter; make it on the loop
+    that uses it. `timeout` bounds a whole request, from taking a connection to the body."""
+    connector = aiohttp.TCPConnector(
+        limit=max_connections, limit_per_host=0, keepalive_timeout=_KEEPALIVE_SECONDS
     )
-    return httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(timeout, connect=10.0))
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout, sock_connect=_CONNECT_TIMEOUT),
+    )
 
 
-def _error_message(response: httpx.Response) -> str:
+def _error_message(body: bytes, reason: str) -> str:
+    text = body.decode("utf-8", "replace")
     try:
-        data = response.json()
+        data = json.loads(text)
     except ValueError:
-        return response.text[:500] or response.reason_phrase
+        return text[:500] or reason
     error = data.get("error") if isinstance(data, dict) else None
     if isinstance(error, dict) and isinstance(error.get("message"), str):
         return str(error["message"])
-    return response.text[:500]
+    return text[:500]
 
 
-def _raise_for_status(response: httpx.Response) -> None:
-    status = response.status_code
+def _raise_for_status(status: int, body: bytes, reason: str, retry_after: str | None) -> None:
     if status < 400:
         return
-    message = _error_message(response)
+    message = _error_message(body, reason)
     if status == 429:
-        raise RateLimited(message, parse_retry_after(response.headers.get("retry-after")))
+        raise RateLimited(message, parse_retry_after(retry_after))
     if status in (408, 409) or status >= 500:
         raise RetryableError("provider_unavailable", message, status)
     raise TerminalError("provider_error", message, status)
 
 
 async def _post(
-    client: httpx.AsyncClient, url: str, body: dict[str, Any], headers: dict[str, str]
+    session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> dict[str, Any]:
     try:
-        response = await client.post(url, json=body, headers=headers)
-    except httpx.TimeoutException as exc:
+        data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+        async with session.post(url, data=data.encode(), headers=headers) as response:
+            raw = await response.read()
+            status, reason = response.status, response.reason or ""
+            retry_after = response.headers.get("Retry-After")
+    except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError too
         raise RetryableError(
             "provider_timeout", f"The provider did not answer in time: {exc!r}"
         ) from exc
-    except httpx.TransportError as exc:
+    except aiohttp.ClientError as exc:  # refused, reset, closed early, malformed answer
         raise RetryableError("provider_unreachable", f"Cannot reach the provider: {exc!r}") from exc
-    _raise_for_status(response)
+    _raise_for_status(status, raw, reason, retry_after)
     try:
-        data = response.json()
+        data = json.loads(raw)
     except ValueError as exc:
         raise RetryableError("provider_bad_response", "The provider's answer is not JSON.") from exc
     if not isinstance(data, dict):
@@ -76,17 +91,17 @@ async def _post(
 class OpenAIBackend:
     """Chat completions on any OpenAI-compatible server (OpenAI, vLLM, relays)."""
 
-    def __init__(self, entry: ModelEntry, client: httpx.AsyncClient) -> None:
+    def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession) -> None:
         self._url = f"{(entry.base_url or '').rstrip('/')}/chat/completions"
         self._entry = entry
-        self._client = client
+        self._session = session
 
     async def complete(self, request: JobRequest) -> Completion:
         body = {**request.body, "model": request.upstream, "stream": False}
-        headers = {}
+        headers = _JSON_HEADERS
         if key := self._entry.api_key():
-            headers["Authorization"] = f"Bearer {key}"
-        data = await _post(self._client, self._url, body, headers)
+            headers = {**headers, "Authorization": f"Bearer {key}"}
+        data = await _post(self._session, self._url, body, headers)
         try:
             choice = data["choices"][0]
             usage = data["usage"]
@@ -102,7 +117,7 @@ class OpenAIBackend:
             raise RetryableError("provider_bad_response", f"Unexpected answer: {exc!r}") from exc
 
     async def aclose(self) -> None:
-        """The shared client is closed by its owner."""
+        """The shared session is closed by its owner."""
 
 
 def _to_anthropic(body: dict[str, Any], upstream: str) -> dict[str, Any]:
@@ -129,17 +144,17 @@ def _to_anthropic(body: dict[str, Any], upstream: str) -> dict[str, Any]:
 class AnthropicBackend:
     """Anthropic Messages; answers are returned in the chat.completion shape."""
 
-    def __init__(self, entry: ModelEntry, client: httpx.AsyncClient) -> None:
+    def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession) -> None:
         self._url = f"{(entry.base_url or '').rstrip('/')}/v1/messages"
         self._entry = entry
-        self._client = client
+        self._session = session
 
     async def complete(self, request: JobRequest) -> Completion:
-        headers = {"anthropic-version": _ANTHROPIC_VERSION}
+        headers = {**_JSON_HEADERS, "anthropic-version": _ANTHROPIC_VERSION}
         if key := self._entry.api_key():
             headers["x-api-key"] = key
         data = await _post(
-            self._client, self._url, _to_anthropic(request.body, request.upstream), headers
+            self._session, self._url, _to_anthropic(request.body, request.upstream), headers
         )
         try:
             text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
@@ -157,13 +172,13 @@ class AnthropicBackend:
         return Completion(**{**completion.__dict__, "extra": {"response": response}})
 
     async def aclose(self) -> None:
-        """The shared client is closed by its owner."""
+        """The shared session is closed by its owner."""
 
 
-def make_remote_backend(entry: ModelEntry, client: httpx.AsyncClient) -> Backend:
+def make_remote_backend(entry: ModelEntry, session: aiohttp.ClientSession) -> Backend:
     """The adapter for a remote model entry."""
     if entry.backend is BackendKind.OPENAI:
-        return OpenAIBackend(entry, client)
+        return OpenAIBackend(entry, session)
     if entry.backend is BackendKind.ANTHROPIC:
-        return AnthropicBackend(entry, client)
+        return AnthropicBackend(entry, session)
     raise ValueError(f"model {entry.name!r} is not served by the remote worker")

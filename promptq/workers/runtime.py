@@ -21,17 +21,17 @@ from promptq.errors import RetryableError, TerminalError
 from promptq.formats import chat_completion_body
 from promptq.jobs import (
     ClaimedJob,
+    JobFailure,
     JobOutcome,
     bump_attempt,
     claim,
-    record_failure,
-    record_success,
     release,
     renew_leases,
 )
 from promptq.retry import backoff_delay
 from promptq.scheduler.routing import BULK_BAND
 from promptq.workers.completion import Backend, Completion, JobRequest
+from promptq.workers.result_writer import ResultWriter
 
 __all__ = ["BackendFactory", "WorkerRuntime", "worker_id"]
 
@@ -77,6 +77,7 @@ class WorkerRuntime:
         self._alone = False  # a suspected poison job is running by itself
         self._admitting = 0  # chunks between "has room" and their claim
         self._db: Database | None = None
+        self._results: ResultWriter | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
 
     # -- life cycle (called from Celery's threads) ---------------------------------
@@ -115,6 +116,12 @@ class WorkerRuntime:
     async def _start(self, preload: list[ModelEntry]) -> None:
         self._capacity = asyncio.Condition()
         self._db = Database.from_settings(self.settings, pool_size=20)
+        self._results = ResultWriter(
+            self._db,
+            max_delay=self.settings.result_flush_seconds,
+            max_group=self.settings.result_group_size,
+        )
+        self._results.start()
         for entry in preload:
             await self._backend(entry)
         self._spawn(self._heartbeat())
@@ -137,6 +144,11 @@ class WorkerRuntime:
     def db(self) -> Database:
         assert self._db is not None, "runtime not started"
         return self._db
+
+    @property
+    def results(self) -> ResultWriter:
+        assert self._results is not None, "runtime not started"
+        return self._results
 
     def _has_room(self, step: int, alone: bool) -> bool:
         if self._alone:
@@ -242,15 +254,13 @@ class WorkerRuntime:
             response=response,
             ttft_ms=completion.ttft_ms,
         )
-        async with self.db.session() as session:
-            stored = await record_success(session, job, outcome)
+        stored = await self.results.write(job, outcome)
         self.counters["succeeded" if stored else "lost"] += 1
         if not stored:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
     async def _fail(self, job: ClaimedJob, exc: TerminalError | RetryableError) -> None:
-        async with self.db.session() as session:
-            stored = await record_failure(session, job, exc.code, exc.message, exc.status_code)
+        stored = await self.results.write(job, JobFailure(exc.code, exc.message, exc.status_code))
         self.counters["failed" if stored else "lost"] += 1
         log.info("job.failed", job_id=job.id, attempt=job.attempt, code=exc.code)
 
@@ -288,6 +298,8 @@ class WorkerRuntime:
                 )
         except TimeoutError:
             pass
+        # Results that finished are stored before anything still running is handed back.
+        await self.results.close()
         if self._running:
             async with self.db.session() as session:
                 released = await release(session, list(self._running.values()))
