@@ -273,21 +273,28 @@ def _result_file(
     return file.id
 
 
+async def _end_queued_lines(
+    session: AsyncSession, batch_id: str, status: JobStatus, code: str, message: str
+) -> None:
+    # Lines not started yet end now; running ones are left to finish and keep their result.
+    await session.execute(
+        sa.update(Job)
+        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED)
+        .values(status=status, finished_at=utcnow(), error_code=code, error_message=message)
+        .execution_options(synchronize_session=False)
+    )
+
+
 async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
     """Cancel: queued lines end `batch_cancelled`, running ones finish; results are kept."""
     if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
-        now = utcnow()
-        batch.status, batch.cancelling_at = BatchStatus.CANCELLING, now
-        await session.execute(
-            sa.update(Job)
-            .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
-            .values(
-                status=JobStatus.CANCELLED,
-                finished_at=now,
-                error_code="batch_cancelled",
-                error_message="The batch was cancelled before this request ran.",
-            )
-            .execution_options(synchronize_session=False)
+        batch.status, batch.cancelling_at = BatchStatus.CANCELLING, utcnow()
+        await _end_queued_lines(
+            session,
+            batch.id,
+            JobStatus.CANCELLED,
+            "batch_cancelled",
+            "The batch was cancelled before this request ran.",
         )
         await session.commit()
         await finalize_batch(session, batch.id)
@@ -298,21 +305,15 @@ async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
 async def expire_batch(session: AsyncSession, batch: Batch) -> None:
     """The completion window passed: queued lines end `batch_expired`, running ones finish,
     finished results are kept."""
-    now = utcnow()
-    await session.execute(
-        sa.update(Job)
-        .where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
-        .values(
-            status=JobStatus.EXPIRED,
-            finished_at=now,
-            error_code="batch_expired",
-            error_message="The batch's completion window ended before this request ran.",
-        )
-        .execution_options(synchronize_session=False)
+    await _end_queued_lines(
+        session,
+        batch.id,
+        JobStatus.EXPIRED,
+        "batch_expired",
+        "The batch's completion window ended before this request ran.",
     )
-    # Running lines may still finish and keep their results; the batch shows finalizing
-    # until they have, then expired.
-    batch.status, batch.expired_at = BatchStatus.FINALIZING, now
+    # The batch shows finalizing until its running lines are done, then expired.
+    batch.status, batch.expired_at = BatchStatus.FINALIZING, utcnow()
     await session.commit()
     await finalize_batch(session, batch.id)
 
