@@ -7,7 +7,7 @@ from functools import partial
 import aiohttp
 
 from promptq.catalog import Backend as BackendKind
-from promptq.catalog import ModelEntry, load_catalog
+from promptq.catalog import Catalog, ModelEntry, load_catalog
 from promptq.config import Settings
 from promptq.constants import REMOTE_QUEUE, gpu_queue
 from promptq.errors import ConfigError
@@ -51,21 +51,19 @@ def run_remote_worker(settings: Settings, *, concurrency: int, loglevel: str) ->
         runtime.stop()
 
 
-def _gpu_entry(settings: Settings, model: str | None) -> ModelEntry:
-    catalog = load_catalog(settings.models_file)
-    entries = [e for e in catalog.values() if e.backend is BackendKind.VLLM]
-    if model is not None:
-        entries = [e for e in entries if e.name == model]
-    if len(entries) != 1:
-        names = [e.name for e in catalog.values() if e.backend is BackendKind.VLLM]
-        raise ConfigError(f"choose one vllm model with --model (the models file has {names})")
-    return entries[0]
+def _gpu_entry(catalog: Catalog, model: str | None) -> ModelEntry:
+    names = [e.name for e in catalog.values() if e.backend is BackendKind.VLLM]
+    if model is None and len(names) == 1:
+        return catalog[names[0]]
+    if model in names:
+        return catalog[model]
+    raise ConfigError(f"choose one vllm model with --model (the models file has {names})")
 
 
 def run_gpu_worker(settings: Settings, *, model: str | None, loglevel: str) -> None:
     """Load the engine once in this process, then feed it from the model's queue."""
-    entry = _gpu_entry(settings, model)
     catalog = load_catalog(settings.models_file)
+    entry = _gpu_entry(catalog, model)
     runtime = WorkerRuntime(
         settings,
         catalog,
