@@ -31,6 +31,7 @@ __all__ = [
     "create_batch",
     "free_port",
     "group_cpu_seconds",
+    "group_process_cpu",
     "load_average",
     "machine_busy_seconds",
     "machine_info",
@@ -213,6 +214,16 @@ def group_cpu_seconds(pgid: int) -> float:
     return sum(_cpu(fields) for _, _, fields in _processes() if int(fields[2]) == pgid)
 
 
+def group_process_cpu(pgid: int) -> dict[str, float]:
+    """CPU time of each live process in a process group, keyed `comm:pid` (e.g. to tell a
+    worker's own process from the engine process it spawned)."""
+    return {
+        f"{comm}:{pid}": _cpu(fields)
+        for pid, comm, fields in _processes()
+        if int(fields[2]) == pgid
+    }
+
+
 def postgres_cpu_seconds() -> float:
     """CPU time of every running `postgres` process (server and backends), in seconds."""
     return sum(_cpu(fields) for _, comm, fields in _processes() if comm == "postgres")
@@ -333,9 +344,14 @@ def create_batch(client: httpx.Client, file_id: str) -> tuple[dict[str, Any], fl
 
 
 def wait_batch(
-    client: httpx.Client, batch_id: str, timeout: float, procs: Mapping[str, Proc]
+    client: httpx.Client,
+    batch_id: str,
+    timeout: float,
+    procs: Mapping[str, Proc],
+    interval: float = 0.1,
 ) -> dict[str, Any]:
-    """Poll the batch until it is terminal; raises on a timeout or if a process died."""
+    """Poll the batch every `interval` seconds until it is terminal; raises on a timeout or
+    if a process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         batch: dict[str, Any] = client.get(f"/v1/batches/{batch_id}").json()
@@ -344,7 +360,7 @@ def wait_batch(
         dead = [name for name, proc in procs.items() if not proc.alive()]
         if dead:
             raise RuntimeError(f"{dead} exited while batch {batch_id} ran: {batch}")
-        time.sleep(0.1)
+        time.sleep(interval)
     raise TimeoutError(f"batch {batch_id} not finished after {timeout}s")
 
 
