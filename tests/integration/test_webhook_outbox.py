@@ -7,7 +7,7 @@ shared one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,7 +21,6 @@ from promptq.db import Database
 from promptq.jobs import JobOutcome, claim, record_failure, record_success
 from promptq.migrate import upgrade
 from promptq.models import (
-    Base,
     Batch,
     BatchStatus,
     File,
@@ -35,7 +34,6 @@ from promptq.models import (
 from promptq.scheduler.relay import Relay
 from promptq.webhooks import emit
 from tests.conftest import WEBHOOK_SECRET
-from tests.stack import create_database, drop_database
 from tests.webhook_receiver import receiver
 
 pytestmark = pytest.mark.anyio
@@ -50,21 +48,10 @@ OUTCOME = JobOutcome(
 )
 
 
-@pytest.fixture(scope="module")
-def outbox_url() -> Iterator[str]:
-    url = create_database("promptq_outbox")
-    yield url
-    drop_database(url)
-
-
 @pytest.fixture
-async def pg(outbox_url: str) -> AsyncIterator[Database]:
-    database = Database(outbox_url)
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-    async with database.engine.begin() as conn:
-        await conn.execute(sa.text(f"TRUNCATE {tables} CASCADE"))
-    yield database
-    await database.dispose()
+def pg(db: Database) -> Database:
+    """The integration tests' own Postgres database, emptied (no scheduler sweeps it)."""
+    return db
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
