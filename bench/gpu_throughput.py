@@ -21,6 +21,7 @@ bench/out/logs-gpu/.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -584,12 +585,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_all(args: argparse.Namespace, log_dir: Path, work_dir: Path) -> dict[str, Any]:
+def run_all(args: argparse.Namespace, log_dir: Path, work_dir: Path, out: Path) -> dict[str, Any]:
+    """Every round; the results so far are written to `out` after each run (a run on a shared
+    machine may be stopped half way)."""
     models_file = work_dir / "models.toml"
     models_file.write_text(models_toml(args))
     engine = engine_spec(models_file, args.home)
     texts = prompt_texts(args.prompts)
-    parts = args.parts.split(",")
     results: dict[str, Any] = {
         "date": datetime.now(UTC).date().isoformat(),
         "command": " ".join([".venv/bin/python", "bench/gpu_throughput.py", *sys.argv[1:]]),
@@ -599,6 +601,8 @@ def run_all(args: argparse.Namespace, log_dir: Path, work_dir: Path) -> dict[str
         "max_tokens": args.max_tokens,
         "models_file": models_file.read_text(),
         "engine": {k: v for k, v in engine.items() if k != "model_path"},
+        "raw_runs": [],
+        "promptq_runs": [],
     }
     batch_file = work_dir / "batch.jsonl"
     write_batch_file(batch_file, texts, args.max_tokens)
@@ -608,41 +612,37 @@ def run_all(args: argparse.Namespace, log_dir: Path, work_dir: Path) -> dict[str
         "PROMPTQ_LOG_LEVEL": "info",
         **dict(args.env),
     }
-    results["raw_runs"], results["promptq_runs"] = [], []
+    parts = args.parts.split(",")
     for round_no in range(1, args.rounds + 1):
         if "raw" in parts:
-            print(
-                f"[{round_no}] raw vLLM, {args.prompts} prompts (engine load first) ...", flush=True
-            )
+            print(f"[{round_no}] raw vLLM, {args.prompts} prompts (load first) ...", flush=True)
             spec = {"engine": engine, "texts": texts, "max_tokens": args.max_tokens}
             raw = run_raw(spec, work_dir, log_dir, args.timeout)
             results["raw_runs"].append({"round": round_no, **raw})
+            save(compare(results), out)
         for chunk in args.chunk_size or [None] if "promptq" in parts else []:
             run_env = {**env, "PROMPTQ_CHUNK_SIZE": str(chunk)} if chunk else env
             tag = f"-r{round_no}" + (f"-c{chunk}" if chunk else "")
-            print(
-                f"[{round_no}] promptq, chunk size {chunk or 'default'} (engine load first) ...",
-                flush=True,
-            )
+            print(f"[{round_no}] promptq, chunk size {chunk or 'default'} ...", flush=True)
             run = run_promptq(args, run_env, batch_file, log_dir, tag)
             results["promptq_runs"].append({"round": round_no, **run})
-    compare(results)
-    return results
+            save(compare(results), out)
+    return compare(results)
 
 
-def compare(results: dict[str, Any]) -> None:
-    """Each promptq run against the raw run of its round (the nearest in time, so under about
-    the same machine load), and the best of each side; completions become token counts."""
+def compare(measured: Mapping[str, Any]) -> dict[str, Any]:
+    """The results with each promptq run compared to the raw run of its round (the nearest in
+    time, so under about the same machine load) and the best of each side; the completions
+    reduced to their token counts."""
+    results = copy.deepcopy(dict(measured))
     raws = {r["round"]: r for r in results["raw_runs"]}
     for run in results["promptq_runs"]:
         raw = raws.get(run["round"])
         if raw is not None:
             run["agreement"] = agreement(raw, run)
             run["ratio"] = round(run["output_tokens_per_s"] / raw["output_tokens_per_s"], 3)
-            mine, theirs = (
-                run["output_tokens_per_runner_cpu_s"],
-                raw["output_tokens_per_runner_cpu_s"],
-            )
+            mine = run["output_tokens_per_runner_cpu_s"]
+            theirs = raw["output_tokens_per_runner_cpu_s"]
             if mine and theirs:
                 run["runner_cpu_ratio"] = round(mine / theirs, 3)
     if raws and results["promptq_runs"]:
@@ -652,6 +652,11 @@ def compare(results: dict[str, Any]) -> None:
         results["best_ratio"] = round(ratio, 3)
     for run in results["raw_runs"] + results["promptq_runs"]:
         run["completion_tokens"] = [c["tokens"] for c in run.pop("completions")]
+    return results
+
+
+def save(results: Mapping[str, Any], out: Path) -> None:
+    out.write_text(json.dumps(results, indent=2) + "\n")
 
 
 def main() -> int:
@@ -663,11 +668,11 @@ def main() -> int:
     log_dir = OUT_DIR / "logs-gpu"
     shutil.rmtree(log_dir, ignore_errors=True)
     log_dir.mkdir(parents=True)
+    out = _out_path(datetime.now(UTC).date().isoformat())
+    out.write_text("{}\n")  # claims the name
     with tempfile.TemporaryDirectory(prefix="promptq-gpu-bench-") as tmp:
-        results = run_all(args, log_dir, Path(tmp))
+        results = run_all(args, log_dir, Path(tmp), out)
     print_summary(results)
-    out = _out_path(results["date"])
-    out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {out}")
     return 0
 
