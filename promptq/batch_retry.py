@@ -12,7 +12,6 @@ from promptq.ids import new_id
 from promptq.models import (
     TERMINAL_BATCH_STATUSES,
     Batch,
-    BatchStatus,
     File,
     FileLine,
     FilePurpose,
@@ -90,7 +89,6 @@ async def retry_batch(
         input_file_id=file.id,
         endpoint=source.endpoint,
         completion_window=source.completion_window,
-        status=BatchStatus.VALIDATING,
         priority=source.priority,
         batch_metadata=source.batch_metadata,
         webhook_url=source.webhook_url,

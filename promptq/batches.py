@@ -1,5 +1,9 @@
 """Batches: made from an uploaded file in a few set-based statements; counts, usage and the
-output and error files are derived from their jobs."""
+output and error files are derived from their jobs.
+
+Every write of `batches.status` is here: create (validating, then in_progress or failed),
+cancel (cancelling), expire (finalizing until running lines end) and finalize (completed,
+cancelled or expired). Their lines' job transitions are in promptq.jobs.transitions."""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ import json
 import re
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -15,10 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import QueryableAttribute
 
 from promptq.catalog import Catalog
-from promptq.errors import InvalidRequest
+from promptq.errors import InvalidRequest, model_not_found_message
 from promptq.formats import batch_error_line, batch_output_line
 from promptq.ids import new_id
+from promptq.jobs import JobErrorCode, cancel_lines, expire_lines, insert_lines
 from promptq.models import (
+    OPEN_JOB_STATUSES,
     Batch,
     BatchStatus,
     File,
@@ -28,23 +33,21 @@ from promptq.models import (
     JobStatus,
     utcnow,
 )
-from promptq.scheduler.routing import queue_for
+from promptq.queues import queue_for
+from promptq.views import BatchSummary, batch_out, summarize
 from promptq.webhooks import emit
 
 __all__ = [
-    "BatchSummary",
     "cancel_batch",
     "create_batch",
     "expire_batch",
     "finalize_batch",
     "parse_window",
     "stream_results",
-    "summarize",
 ]
 
 _WINDOW = re.compile(r"([0-9]{1,9})([smhd])")  # ASCII digits, few enough for int()
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-OPEN_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 
 def parse_window(window: str) -> timedelta:
@@ -68,7 +71,14 @@ def _job_id(batch_id: str) -> sa.ColumnElement[str]:
     )
 
 
-def _insert_jobs(batch: Batch, where: sa.ColumnElement[bool], values: dict[str, Any]) -> sa.Insert:
+async def _insert_lines(
+    session: AsyncSession,
+    batch: Batch,
+    where: sa.ColumnElement[bool],
+    values: dict[str, Any],
+    *,
+    refused: bool,
+) -> None:
     cols: dict[str, Any] = {
         "id": _job_id(batch.id),
         "tenant": sa.literal(batch.tenant),
@@ -91,7 +101,7 @@ def _insert_jobs(batch: Batch, where: sa.ColumnElement[bool], values: dict[str, 
     select = sa.select(*[c.label(k) for k, c in cols.items()]).where(
         FileLine.file_id == batch.input_file_id, where
     )
-    return sa.insert(Job).from_select(list(cols), select)
+    await insert_lines(session, select, list(cols), refused=refused)
 
 
 async def create_batch(
@@ -99,17 +109,15 @@ async def create_batch(
 ) -> Batch:
     """Turn the input file's lines into jobs: valid lines queued per model, the rest failed
     with their line's error. Fails the batch if no line can run."""
+    batch.status = BatchStatus.VALIDATING
     session.add(batch)
     await session.flush()
     ok = sa.and_(FileLine.error_code.is_(None), FileLine.url == batch.endpoint)
     now = utcnow()
     for name, entry in catalog.items():
-        values = {
-            "status": JobStatus.QUEUED,
-            "queue": queue_for(entry),
-            "max_attempts": max_attempts,
-        }
-        await session.execute(_insert_jobs(batch, sa.and_(ok, FileLine.model == name), values))
+        values = {"queue": queue_for(entry), "max_attempts": max_attempts}
+        where = sa.and_(ok, FileLine.model == name)
+        await _insert_lines(session, batch, where, values, refused=False)
     failures: list[tuple[sa.ColumnElement[bool], dict[str, Any]]] = [
         (
             FileLine.error_code.is_not(None),
@@ -118,23 +126,24 @@ async def create_batch(
         (
             sa.and_(FileLine.error_code.is_(None), FileLine.url != batch.endpoint),
             {
-                "error_code": "invalid_url",
+                "error_code": JobErrorCode.INVALID_URL.value,
                 "error_message": f"url does not match the batch endpoint {batch.endpoint}.",
             },
         ),
         (
             sa.and_(ok, FileLine.model.not_in(list(catalog))),
-            {"error_code": "model_not_found", "error_message": "The model does not exist."},
+            {
+                "error_code": JobErrorCode.MODEL_NOT_FOUND.value,
+                # The one wording of model_not_found, made in SQL for each line's model.
+                "error_message": sa.func.replace(
+                    sa.literal(model_not_found_message("{model}")), "{model}", FileLine.model
+                ),
+            },
         ),
     ]
     for where, extra in failures:
-        values = {
-            "status": JobStatus.FAILED,
-            "finished_at": now,
-            "max_attempts": max_attempts,
-            **extra,
-        }
-        await session.execute(_insert_jobs(batch, where, values))
+        values = {"finished_at": now, "max_attempts": max_attempts, **extra}
+        await _insert_lines(session, batch, where, values, refused=True)
     queued = await session.scalar(
         sa.select(sa.func.count()).where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
     )
@@ -149,62 +158,14 @@ async def create_batch(
     return batch
 
 
-class BatchSummary:
-    """Request counts and usage of a batch, derived from its jobs in one query."""
-
-    def __init__(self, counts: dict[JobStatus, int], usage: tuple[int, int, Decimal]) -> None:
-        self.counts = counts
-        self.prompt_tokens, self.completion_tokens, self.cost_usd = usage
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-    @property
-    def open(self) -> int:
-        return sum(self.counts.get(s, 0) for s in OPEN_STATUSES)
-
-    def request_counts(self) -> dict[str, int]:
-        """OpenAI's request_counts, plus the cancelled and expired lines."""
-        return {
-            "total": self.total,
-            "completed": self.counts.get(JobStatus.SUCCEEDED, 0),
-            "failed": self.counts.get(JobStatus.FAILED, 0),
-            "cancelled": self.counts.get(JobStatus.CANCELLED, 0),
-            "expired": self.counts.get(JobStatus.EXPIRED, 0),
-        }
-
-
-async def summarize(session: AsyncSession, batch_id: str) -> BatchSummary:
-    """Counts by status and summed usage of one batch."""
-    stmt = (
-        sa.select(
-            Job.status,
-            sa.func.count(),
-            sa.func.coalesce(sa.func.sum(Job.prompt_tokens), 0),
-            sa.func.coalesce(sa.func.sum(Job.completion_tokens), 0),
-            sa.func.coalesce(sa.func.sum(Job.cost_usd), 0),
-        )
-        .where(Job.batch_id == batch_id)
-        .group_by(Job.status)
-    )
-    counts: dict[JobStatus, int] = {}
-    prompt = completion = 0
-    cost = Decimal(0)
-    for status, n, p, c, usd in (await session.execute(stmt)).all():
-        counts[JobStatus(status)] = n
-        prompt, completion = prompt + int(p or 0), completion + int(c or 0)
-        cost += Decimal(usd or 0)
-    return BatchSummary(counts, (prompt, completion, cost))
-
-
 async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
     """If no job of the batch is open, move it to its final state, make its files and queue
     its webhook event, all in one transaction.
 
-    A guarded UPDATE: of two workers finishing the last jobs at once, one finalizes."""
-    summary = await summarize(session, batch_id)
-    if summary.open:
+    An EXISTS first, so a batch with open jobs costs one cheap query; then a guarded
+    UPDATE: of two workers finishing the last jobs at once, one finalizes."""
+    open_job = sa.select(Job.id).where(Job.batch_id == batch_id, Job.status.in_(OPEN_JOB_STATUSES))
+    if await session.scalar(sa.select(open_job.exists())):
         return False
     now = utcnow()
     won = await session.execute(
@@ -220,6 +181,7 @@ async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
     if batch is None or won.rowcount != 1:  # type: ignore[attr-defined]
         await session.rollback()
         return False
+    summary = await summarize(session, batch_id)
     final = {
         BatchStatus.IN_PROGRESS: BatchStatus.COMPLETED,
         # An expired batch waits in finalizing for its running lines, then ends expired.
@@ -243,9 +205,7 @@ async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
 
 
 def _emit_final(session: AsyncSession, batch: Batch, summary: BatchSummary) -> None:
-    # batch.completed, batch.cancelled, batch.expired or batch.failed; lines get no events.
-    from promptq.api.schemas import batch_out  # that module imports this one
-
+    # batch.completed, batch.cancelled, batch.expired or batch.failed.
     emit(
         session,
         tenant=batch.tenant,
@@ -273,29 +233,24 @@ def _result_file(
     return file.id
 
 
-async def _end_queued_lines(
-    session: AsyncSession, batch_id: str, status: JobStatus, code: str, message: str
-) -> None:
-    # Lines not started yet end now; running ones are left to finish and keep their result.
-    await session.execute(
-        sa.update(Job)
-        .where(Job.batch_id == batch_id, Job.status == JobStatus.QUEUED)
-        .values(status=status, finished_at=utcnow(), error_code=code, error_message=message)
-        .execution_options(synchronize_session=False)
-    )
+_CANCELLABLE = (
+    BatchStatus.VALIDATING,
+    BatchStatus.IN_PROGRESS,
+    BatchStatus.CANCELLING,
+    BatchStatus.CANCELLED,
+)
 
 
 async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
-    """Cancel: queued lines end `batch_cancelled`, running ones finish; results are kept."""
+    """Cancel: queued lines end `batch_cancelled`, running ones finish; results are kept.
+    Cancelling a cancelled batch returns it; one that ended otherwise is 409."""
+    if batch.status not in _CANCELLABLE:
+        raise InvalidRequest(
+            "batch_not_cancellable", f"A batch that is {batch.status} cannot be cancelled.", 409
+        )
     if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
         batch.status, batch.cancelling_at = BatchStatus.CANCELLING, utcnow()
-        await _end_queued_lines(
-            session,
-            batch.id,
-            JobStatus.CANCELLED,
-            "batch_cancelled",
-            "The batch was cancelled before this request ran.",
-        )
+        await cancel_lines(session, batch.id)
         await session.commit()
         await finalize_batch(session, batch.id)
         await session.refresh(batch)
@@ -305,13 +260,7 @@ async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
 async def expire_batch(session: AsyncSession, batch: Batch) -> None:
     """The completion window passed: queued lines end `batch_expired`, running ones finish,
     finished results are kept."""
-    await _end_queued_lines(
-        session,
-        batch.id,
-        JobStatus.EXPIRED,
-        "batch_expired",
-        "The batch's completion window ended before this request ran.",
-    )
+    await expire_lines(session, batch.id)
     # The batch shows finalizing until its running lines are done, then expired.
     batch.status, batch.expired_at = BatchStatus.FINALIZING, utcnow()
     await session.commit()

@@ -20,7 +20,6 @@ from typing import IO, Any
 import anyio
 import sqlalchemy as sa
 import structlog
-from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -32,6 +31,7 @@ from promptq.models import IdempotencyKey, utcnow
 __all__ = [
     "MAX_KEY_LENGTH",
     "REPLAYED_HEADER",
+    "Answer",
     "Idempotency",
     "check_key",
     "delete_expired_keys",
@@ -88,6 +88,19 @@ async def delete_expired_keys(session: AsyncSession, ttl_seconds: float) -> int:
 Handler = Callable[[], Awaitable[BaseModel]]
 
 
+@dataclass(frozen=True)
+class Answer:
+    """The response to send: fresh, or the stored one of an earlier request (`replayed`)."""
+
+    body: dict[str, Any]
+    status_code: int
+    replayed: bool = False
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {REPLAYED_HEADER: "true"} if self.replayed else {}
+
+
 @dataclass
 class Idempotency:
     """One request's Idempotency-Key (or none) and what it needs to claim it."""
@@ -102,11 +115,11 @@ class Idempotency:
     wait_seconds: float = 30.0
     poll_seconds: float = 0.1
 
-    async def respond(self, payload: Any, handler: Handler, status_code: int = 200) -> JSONResponse:
+    async def run(self, payload: Any, handler: Handler, status_code: int = 200) -> Answer:
         """Run `handler` once per key: a repeat with the same content replays the stored
         response, one with other content is 422 `idempotency_key_reused`."""
         if self.key is None:
-            return JSONResponse((await handler()).model_dump(mode="json"), status_code)
+            return Answer((await handler()).model_dump(mode="json"), status_code)
         request_hash = fingerprint(self.method, self.path, payload)
         # End the key lookup's transaction: this request may wait, and must not hold a
         # pooled connection meanwhile.
@@ -114,9 +127,7 @@ class Idempotency:
         stored = await self._claim(request_hash)
         if stored is not None:
             log.info("idempotency.replayed", endpoint=self._endpoint, tenant=self.tenant)
-            return JSONResponse(
-                stored.response, stored.status_code or 200, headers={REPLAYED_HEADER: "true"}
-            )
+            return Answer(stored.response or {}, stored.status_code or 200, replayed=True)
         try:
             body = (await handler()).model_dump(mode="json")
         except BaseException:
@@ -124,7 +135,7 @@ class Idempotency:
                 await self._release()
             raise
         await self._store(status_code, body)
-        return JSONResponse(body, status_code)
+        return Answer(body, status_code)
 
     @property
     def _endpoint(self) -> str:

@@ -17,6 +17,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
 __all__ = [
+    "OPEN_JOB_STATUSES",
+    "TERMINAL_BATCH_STATUSES",
+    "TERMINAL_JOB_STATUSES",
     "ApiKey",
     "Base",
     "Batch",
@@ -80,6 +83,9 @@ class JobStatus(StrEnum):
     #: Its batch's completion window passed before it finished.
     EXPIRED = "expired"
 
+
+#: A job in these states may still run; the others are terminal and never change again.
+OPEN_JOB_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
 
 TERMINAL_JOB_STATUSES = (
     JobStatus.SUCCEEDED,

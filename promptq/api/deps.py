@@ -10,13 +10,15 @@ from typing import Annotated, Any
 
 import redis.asyncio as aioredis
 from celery import Celery
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, Header, Request
+from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.catalog import Catalog
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.idempotency import MAX_KEY_LENGTH, Idempotency, check_key
+from promptq.errors import NotFound, Unauthorized
+from promptq.idempotency import MAX_KEY_LENGTH, Handler, Idempotency, check_key
 from promptq.keys import find_key
 from promptq.models import ApiKey
 
@@ -25,6 +27,7 @@ __all__ = [
     "CatalogDep",
     "CurrentKey",
     "IdempotencyDep",
+    "IdempotentRequest",
     "SessionDep",
     "StateDep",
     "owned",
@@ -69,18 +72,31 @@ async def _current_key(request: Request, session: SessionDep) -> ApiKey:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HTTPException(
-            401,
-            "Missing API key: send 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+        raise Unauthorized("Missing API key: send 'Authorization: Bearer <key>'.")
     key = await find_key(session, token.strip())
     if key is None:
-        raise HTTPException(401, "Invalid API key.", headers={"WWW-Authenticate": "Bearer"})
+        raise Unauthorized("Invalid API key.")
     return key
 
 
 CurrentKey = Annotated[ApiKey, Depends(_current_key)]
+
+
+@dataclass
+class IdempotentRequest:
+    """A POST that honours its Idempotency-Key (promptq.idempotency), as a response."""
+
+    idempotency: Idempotency
+
+    @property
+    def key(self) -> str | None:
+        """The request's Idempotency-Key, if it sent one."""
+        return self.idempotency.key
+
+    async def respond(self, payload: Any, handler: Handler, status_code: int = 200) -> JSONResponse:
+        """Run `handler` once per key and answer with its (or the stored) response."""
+        answer = await self.idempotency.run(payload, handler, status_code)
+        return JSONResponse(answer.body, answer.status_code, headers=answer.headers)
 
 
 async def _idempotency(
@@ -97,23 +113,25 @@ async def _idempotency(
             json_schema_extra={"maxLength": MAX_KEY_LENGTH, "pattern": "^[!-~]([ -~]*[!-~])?$"},
         ),
     ] = None,
-) -> Idempotency:
-    return Idempotency(
-        db=state.db,
-        session=session,
-        tenant=key.tenant,
-        method=request.method,
-        path=request.url.path,
-        key=None if idempotency_key is None else check_key(idempotency_key),
-        ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds),
+) -> IdempotentRequest:
+    return IdempotentRequest(
+        Idempotency(
+            db=state.db,
+            session=session,
+            tenant=key.tenant,
+            method=request.method,
+            path=request.url.path,
+            key=None if idempotency_key is None else check_key(idempotency_key),
+            ttl=timedelta(seconds=state.settings.idempotency_ttl_seconds),
+        )
     )
 
 
-IdempotencyDep = Annotated[Idempotency, Depends(_idempotency)]
+IdempotencyDep = Annotated[IdempotentRequest, Depends(_idempotency)]
 
 
 def owned(obj: Any, key: ApiKey, kind: str, object_id: str) -> Any:
     """The object if the caller's tenant owns it (or the caller is admin), else 404."""
     if obj is None or (not key.is_admin and obj.tenant != key.tenant):
-        raise HTTPException(404, f"No {kind} with id {object_id!r}.")
+        raise NotFound(kind, object_id)
     return obj

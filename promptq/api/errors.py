@@ -1,9 +1,10 @@
-"""API errors: JSON in OpenAI's envelope, `{"error": {"code", "message", "type", "param"}}`,
-with a stable code; bad input is never a 500."""
+"""The one error path of the API: every error is a promptq ApiError (raised by promptq, or
+made here from a validation, routing or database error) serialised by `error_json` in
+OpenAI's envelope, `{"error": {"code", "message", "type", "param"}}`, with a stable code
+(listed in docs/errors.md); bad input is never a 500."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import structlog
@@ -14,25 +15,29 @@ from sqlalchemy.exc import DataError, DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 
 from promptq.api.schemas import ErrorBody, ErrorResponse
-from promptq.errors import InvalidRequest
+from promptq.errors import ApiError, InvalidRequest, ServiceUnavailable
 
-__all__ = ["ERROR_RESPONSES", "error_response", "install_error_handlers"]
+__all__ = [
+    "ERROR_RESPONSES",
+    "HTTP_CODES",
+    "error_json",
+    "error_response",
+    "install_error_handlers",
+]
 
 log = structlog.get_logger(__name__)
 
-_HTTP_CODES = {
+#: Codes of errors raised by the web framework itself (an unknown path, a wrong method, a
+#: malformed multipart body); promptq's own errors carry their code.
+HTTP_CODES = {
     400: "invalid_request",
-    401: "unauthorized",
-    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
-    409: "conflict",
     413: "payload_too_large",
     415: "unsupported_media_type",
-    422: "unprocessable",
-    429: "rate_limited",
-    503: "service_unavailable",
 }
+#: The code of any other status the framework may raise.
+OTHER_HTTP_CODE = "http_error"
 
 
 # The error responses of the /v1 routes, for the OpenAPI document (not every route can
@@ -58,66 +63,72 @@ def _utf8(text: str) -> str:
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
-def error_response(
-    status_code: int,
-    code: str,
-    message: str,
-    param: str | None = None,
-    headers: Mapping[str, str] | None = None,
-) -> JSONResponse:
-    """The one error shape of the API."""
+def error_json(exc: ApiError) -> dict[str, Any]:
+    """The body of an error response: the one error shape of the API."""
     body = ErrorResponse(
         error=ErrorBody(
-            code=code,
-            message=_utf8(message),
-            type="invalid_request_error" if status_code < 500 else "server_error",
-            param=None if param is None else _utf8(param),
+            code=exc.code,
+            message=_utf8(exc.message),
+            type="invalid_request_error" if exc.http_status < 500 else "server_error",
+            param=None if exc.param is None else _utf8(exc.param),
         )
     )
-    return JSONResponse(body.model_dump(), status_code=status_code, headers=dict(headers or {}))
+    return body.model_dump()
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def error_response(exc: ApiError) -> JSONResponse:
+    """The response for an ApiError: its status, its headers, `error_json` as the body."""
+    return JSONResponse(error_json(exc), status_code=exc.http_status, headers=exc.headers)
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidRequest:
     errors: list[Any] = list(exc.errors())
     if not errors:
-        return "The request is not valid.", None
+        return InvalidRequest("invalid_request", "The request is not valid.")
     first = errors[0]
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     # A whole-body check names the field at fault in its context (see api.schemas._Input).
     param = ".".join(loc) or (first.get("ctx") or {}).get("path") or None
-    return f"{param or 'request'}: {first.get('msg', 'invalid')}", param
+    message = f"{param or 'request'}: {first.get('msg', 'invalid')}"
+    return InvalidRequest("invalid_request", message, param=param)
+
+
+def _http_error(exc: HTTPException) -> ApiError:
+    code = HTTP_CODES.get(exc.status_code, OTHER_HTTP_CODE)
+    return ApiError(code, str(exc.detail), exc.status_code, headers=exc.headers)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Map promptq's errors, validation errors and HTTP errors to the JSON shape."""
+    """Turn every error into an ApiError and answer it with `error_response`."""
 
-    @app.exception_handler(InvalidRequest)
-    async def _invalid(_: Request, exc: InvalidRequest) -> JSONResponse:
-        return error_response(exc.status_code, exc.code, exc.message)
+    @app.exception_handler(ApiError)
+    async def _api(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _validation_message(exc)
-        return error_response(400, "invalid_request", message, param)
+        return error_response(_validation_error(exc))
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+        return error_response(_http_error(exc))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("api.unexpected_error", error=repr(exc)[:300])
-        return error_response(500, "internal_error", "An unexpected error; it was logged.")
+        message = "An unexpected error; it was logged."
+        return error_response(ApiError("internal_error", message, 500))
 
     @app.exception_handler(OperationalError)
     @app.exception_handler(DBAPIError)
     async def _database(_: Request, exc: Exception) -> JSONResponse:
         log.warning("api.database_unavailable", error=str(exc)[:200])
-        return error_response(503, "database_unavailable", "The database is unavailable; retry.")
+        message = "The database is unavailable; retry."
+        return error_response(ServiceUnavailable("database_unavailable", message))
 
     @app.exception_handler(DataError)
     async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
         # Input validation should have refused the value; retrying cannot help, so not a 503.
         log.warning("api.unstorable_value", error=str(exc.orig)[:200])
-        return error_response(400, "invalid_value", "A value in the request cannot be stored.")
+        message = "A value in the request cannot be stored."
+        return error_response(InvalidRequest("invalid_value", message))

@@ -6,6 +6,9 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from promptq.api.errors import error_json
+from promptq.errors import InvalidRequest
+
 __all__ = ["BodySizeLimit"]
 
 
@@ -57,16 +60,10 @@ class BodySizeLimit:
 
 
 async def _refuse(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": {
-                "code": "payload_too_large",
-                "message": f"The request body is larger than {limit} bytes.",
-                "type": "invalid_request_error",
-                "param": None,
-            }
-        }
-    ).encode()
+    error = InvalidRequest(
+        "payload_too_large", f"The request body is larger than {limit} bytes.", 413
+    )
+    body = json.dumps(error_json(error)).encode()
     await send(
         {
             "type": "http.response.start",

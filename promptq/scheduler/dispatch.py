@@ -12,16 +12,13 @@ from celery import Celery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.constants import TASK_RUN_CHUNK
-from promptq.models import Job, JobStatus, utcnow
-from promptq.scheduler.routing import queue_step
+from promptq.jobs import JobErrorCode, mark_enqueued, resend
+from promptq.models import Job, JobStatus
+from promptq.queues import queue_step
 
-__all__ = ["WORKER_LOST", "dispatch_queued", "publish"]
+__all__ = ["dispatch_queued", "publish", "publish_jobs"]
 
 log = structlog.get_logger(__name__)
-
-
-#: error_code the sweeper leaves on a job whose worker died while running it.
-WORKER_LOST = "worker_lost"
 
 
 def publish(app: Celery, rows: Sequence[tuple[str, str, int, bool]], chunk_size: int) -> list[str]:
@@ -70,7 +67,7 @@ async def dispatch_queued(
             r.id,
             r.queue or "",
             queue_step(r.priority, interactive=r.batch_id is None),
-            r.error_code == WORKER_LOST,
+            r.error_code == JobErrorCode.WORKER_LOST,
         )
         for r in (await session.execute(stmt)).all()
     ]
@@ -81,14 +78,23 @@ async def dispatch_queued(
     except Exception as exc:  # the broker is down; Postgres still holds every job
         log.warning("dispatch.broker_unavailable", jobs=len(rows), error=str(exc))
         return 0
-    now = utcnow()
-    for start in range(0, len(sent), 5000):
-        await session.execute(
-            sa.update(Job)
-            .where(Job.id.in_(sent[start : start + 5000]), Job.status == JobStatus.QUEUED)
-            .values(enqueued_at=now)
-            .execution_options(synchronize_session=False)
-        )
-    await session.commit()
+    await mark_enqueued(session, sent)
     log.info("dispatch.published", jobs=len(sent))
+    return len(sent)
+
+
+async def publish_jobs(session: AsyncSession, app: Celery, jobs: Sequence[Job]) -> int:
+    """Publish jobs just stored already marked enqueued (promptq.jobs.submit), from what is
+    in memory: no query on success. If the broker is down they are unmarked, and the
+    sweeper sends them later. Returns how many were sent."""
+    rows = [
+        (job.id, job.queue or "", queue_step(job.priority, interactive=job.batch_id is None), False)
+        for job in jobs
+    ]
+    try:
+        sent = await asyncio.to_thread(publish, app, rows, 1)
+    except Exception as exc:  # the broker is down; Postgres still holds every job
+        log.warning("dispatch.broker_unavailable", jobs=len(rows), error=str(exc))
+        await resend(session, [job.id for job in jobs])
+        return 0
     return len(sent)

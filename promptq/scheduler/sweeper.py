@@ -21,9 +21,9 @@ from promptq.config import Settings
 from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
-from promptq.jobs import emit_job_event
-from promptq.models import Batch, BatchStatus, Job, JobStatus, utcnow
-from promptq.scheduler.dispatch import WORKER_LOST, dispatch_queued
+from promptq.jobs import requeue_expired, resend
+from promptq.models import Batch, BatchStatus, Job, utcnow
+from promptq.scheduler.dispatch import dispatch_queued
 
 __all__ = ["SweepReport", "Sweeper"]
 
@@ -75,46 +75,8 @@ class Sweeper:
         return report
 
     async def _expired_leases(self, report: SweepReport) -> None:
-        now = utcnow()
-        expired = sa.and_(Job.status == JobStatus.RUNNING, Job.lease_expires_at < now)
         async with self.db.session() as session:
-            failed = await session.execute(
-                sa.update(Job)
-                .where(expired, Job.attempts >= Job.max_attempts)
-                .values(
-                    status=JobStatus.FAILED,
-                    finished_at=now,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    error_code="max_attempts_exceeded",
-                    error_message="The job's worker was lost on every attempt "
-                    "(the job may crash its worker).",
-                )
-                .returning(Job.id, Job.webhook_url)
-                .execution_options(synchronize_session=False)
-            )
-            rows = failed.all()
-            report.failed = len(rows)
-            for job_id, webhook_url in rows:
-                if webhook_url:
-                    await emit_job_event(session, job_id, "job.failed")
-            requeued = await session.execute(
-                sa.update(Job)
-                .where(expired, Job.attempts < Job.max_attempts)
-                .values(
-                    status=JobStatus.QUEUED,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    enqueued_at=None,
-                    # The job may be a poison prompt: it runs alone next time, so that a
-                    # crash costs only itself an attempt.
-                    error_code=WORKER_LOST,
-                    error_message="Its worker was lost while running it.",
-                )
-                .execution_options(synchronize_session=False)
-            )
-            await session.commit()
-        report.requeued = int(requeued.rowcount)  # type: ignore[attr-defined]
+            report.failed, report.requeued = await requeue_expired(session)
 
     async def _broker_epoch(self, report: SweepReport) -> None:
         # A missing epoch key means Redis lost its data: every queued job's message may be
@@ -126,13 +88,7 @@ class Sweeper:
             return
         if created:
             async with self.db.session() as session:
-                await session.execute(
-                    sa.update(Job)
-                    .where(Job.status == JobStatus.QUEUED)
-                    .values(enqueued_at=None)
-                    .execution_options(synchronize_session=False)
-                )
-                await session.commit()
+                await resend(session)
             report.broker_reset = True
 
     async def _deliver(self, report: SweepReport) -> None:

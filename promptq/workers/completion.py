@@ -1,11 +1,13 @@
-"""What a backend returns for one job attempt, whatever the backend."""
+"""What a backend returns for one job attempt, whatever the backend, and that answer as an
+OpenAI chat.completion body."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Backend", "Completion", "JobRequest"]
+__all__ = ["Backend", "Completion", "JobRequest", "chat_completion_body"]
 
 
 @dataclass(frozen=True)
@@ -39,3 +41,26 @@ class Backend(Protocol):
     async def complete(self, request: JobRequest) -> Completion: ...
 
     async def aclose(self) -> None: ...
+
+
+def chat_completion_body(job_id: str, model: str, completion: Completion) -> dict[str, Any]:
+    """A `chat.completion` object for a backend that does not speak OpenAI natively."""
+    return {
+        "id": f"chatcmpl-{job_id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": completion.content},
+                "logprobs": None,
+                "finish_reason": completion.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": completion.prompt_tokens,
+            "completion_tokens": completion.completion_tokens,
+            "total_tokens": completion.prompt_tokens + completion.completion_tokens,
+        },
+    }

@@ -11,9 +11,8 @@ import aiohttp
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import ModelEntry
 from promptq.errors import RateLimited, RetryableError, TerminalError
-from promptq.formats import chat_completion_body
 from promptq.retry import parse_retry_after
-from promptq.workers.completion import Backend, Completion, JobRequest
+from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 
 __all__ = ["AnthropicBackend", "OpenAIBackend", "make_http_session", "make_remote_backend"]
 

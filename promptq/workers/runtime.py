@@ -17,20 +17,20 @@ import structlog
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.errors import RetryableError, TerminalError
-from promptq.formats import chat_completion_body
+from promptq.errors import RetryableError, TerminalError, model_not_found_message
 from promptq.jobs import (
     ClaimedJob,
+    JobErrorCode,
     JobFailure,
     JobOutcome,
-    bump_attempt,
     claim,
     release,
-    renew_leases,
+    renew,
+    retry,
 )
+from promptq.queues import BULK_BAND
 from promptq.retry import backoff_delay
-from promptq.scheduler.routing import BULK_BAND
-from promptq.workers.completion import Backend, Completion, JobRequest
+from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.result_writer import ResultWriter
 
 __all__ = ["BackendFactory", "WorkerRuntime", "worker_id"]
@@ -196,7 +196,8 @@ class WorkerRuntime:
     async def _attempt(self, job: ClaimedJob) -> None:
         entry = self.catalog.get(job.model)
         if entry is None:
-            await self._fail(job, TerminalError("model_not_found", f"Unknown model {job.model!r}."))
+            error = TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
+            await self._fail(job, error)
             return
         backend = await self._backend(entry)
         current: ClaimedJob | None = job
@@ -223,7 +224,7 @@ class WorkerRuntime:
     async def _retry_or_fail(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
         if job.attempt >= job.max_attempts:
             message = f"{exc.message} (gave up after {job.attempt} attempts)"
-            await self._fail(job, RetryableError(exc.code, message, exc.status_code))
+            await self._fail(job, RetryableError(exc.code, message, exc.provider_status))
             return None
         delay = backoff_delay(
             job.attempt, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
@@ -234,9 +235,7 @@ class WorkerRuntime:
         self.counters["retried"] += 1
         await asyncio.sleep(delay)
         async with self.db.session() as session:
-            nxt = await bump_attempt(
-                session, job, self.settings.lease_seconds, exc.code, exc.message
-            )
+            nxt = await retry(session, job, self.settings.lease_seconds, exc.code, exc.message)
         if nxt is not None:
             self._running[job.id] = nxt
         return nxt
@@ -260,7 +259,9 @@ class WorkerRuntime:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
     async def _fail(self, job: ClaimedJob, exc: TerminalError | RetryableError) -> None:
-        stored = await self.results.write(job, JobFailure(exc.code, exc.message, exc.status_code))
+        stored = await self.results.write(
+            job, JobFailure(exc.code, exc.message, exc.provider_status)
+        )
         self.counters["failed" if stored else "lost"] += 1
         log.info("job.failed", job_id=job.id, attempt=job.attempt, code=exc.code)
 
@@ -271,7 +272,7 @@ class WorkerRuntime:
             if self._running:
                 try:
                     async with self.db.session() as session:
-                        await renew_leases(session, self.owner, self.settings.lease_seconds)
+                        await renew(session, self.owner, self.settings.lease_seconds)
                 except Exception:
                     log.exception("worker.heartbeat_failed", owner=self.owner)
 

@@ -8,7 +8,7 @@ import structlog
 from celery import Celery, signals
 
 from promptq.constants import TASK_RUN_CHUNK
-from promptq.scheduler.routing import BULK_BAND
+from promptq.queues import BULK_BAND
 from promptq.workers.runtime import WorkerRuntime
 
 __all__ = ["register_tasks", "run_worker"]

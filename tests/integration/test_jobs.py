@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptq.db import Database
-from promptq.jobs import JobOutcome, bump_attempt, claim, record_failure, record_success
+from promptq.jobs import JobOutcome, cancel, claim, record_failure, record_success, retry
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
 
 pytestmark = pytest.mark.anyio
@@ -100,7 +100,7 @@ async def test_a_retry_counts_as_an_attempt_under_the_same_lease(db: Database) -
     await _add_job(db)
     async with db.session() as session:
         (job,) = await claim(session, ["job_1"], "w1", 60)
-        retried = await bump_attempt(session, job, 60, "rate_limited", "429")
+        retried = await retry(session, job, 60, "rate_limited", "429")
     assert retried is not None and retried.attempt == 2
     assert (await _job(db)).attempts == 2
 
@@ -135,3 +135,25 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     async with db.session() as session:
         events = (await session.execute(sa.select(WebhookEvent))).scalars().all()
     assert [(e.event_type, e.payload["data"]["id"]) for e in events] == [("job.failed", "job_b")]
+
+
+async def test_cancelling_a_running_job_emits_its_event_and_drops_its_lease(db: Database) -> None:
+    # Given a running job with a webhook
+    await _add_job(db, webhook_url="https://hooks.example/x")
+    async with db.session() as session:
+        (job,) = await claim(session, ["job_1"], "w1", 60)
+        # When the client cancels it
+        assert await cancel(session, "job_1")
+        # Then a second cancel changes nothing, and the worker's late result is dropped
+        assert not await cancel(session, "job_1")
+        assert not await record_success(session, job, OUTCOME)
+    final = await _job(db)
+    assert (final.status, final.error_code) == (JobStatus.CANCELLED, "job_cancelled")
+    assert (final.lease_owner, final.lease_expires_at) == (None, None)
+    assert await _ledger_rows(db) == 0
+    # And the cancellation went to the job's webhook through the outbox, once
+    async with db.session() as session:
+        events = (await session.execute(sa.select(WebhookEvent))).scalars().all()
+    assert [(e.event_type, e.payload["data"]["status"]) for e in events] == [
+        ("job.cancelled", "cancelled")
+    ]

@@ -46,7 +46,7 @@ def test_a_valid_file_lists_its_models_with_prices(tmp_path: Path) -> None:
 def test_an_unknown_model_is_model_not_found(tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound) as caught:
         load_catalog(_write(tmp_path, GOOD)).require("gpt-5")
-    assert (caught.value.code, caught.value.status_code) == ("model_not_found", 400)
+    assert (caught.value.code, caught.value.http_status) == ("model_not_found", 400)
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,8 @@ import pytest
 
 from promptq.batches import parse_window
 from promptq.errors import InvalidRequest, RateLimited, RetryableError
+from promptq.queues import queue_step
 from promptq.retry import backoff_delay, parse_retry_after
-from promptq.scheduler.routing import queue_step
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:

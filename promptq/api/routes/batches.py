@@ -6,7 +6,7 @@ import re
 from typing import Annotated
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -21,13 +21,14 @@ from promptq.api.deps import (
 )
 from promptq.api.schemas import BatchCreate, BatchList, BatchOut, batch_out
 from promptq.batch_retry import retry_batch
-from promptq.batches import cancel_batch, create_batch, parse_window, summarize
+from promptq.batches import cancel_batch, create_batch, parse_window
 from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest
 from promptq.files import SUPPORTED_URLS
 from promptq.ids import new_id
-from promptq.models import ApiKey, Batch, BatchStatus, File, FilePurpose, Job, utcnow
+from promptq.models import ApiKey, Batch, File, FilePurpose, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
+from promptq.views import summarize, summarize_many
 from promptq.webhooks import check_webhook_url
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -78,7 +79,6 @@ async def _start(
         input_file_id=file.id,
         endpoint=body.endpoint,
         completion_window=body.completion_window,
-        status=BatchStatus.VALIDATING,
         priority=_priority(body),
         batch_metadata=body.metadata,
         webhook_url=body.webhook_url or key.webhook_url,
@@ -120,7 +120,8 @@ async def list_batches(
         )
     rows = list((await session.execute(stmt)).scalars())
     page = rows[:limit]
-    data = [batch_out(b, await summarize(session, b.id)) for b in page]
+    summaries = await summarize_many(session, [b.id for b in page])
+    data = [batch_out(b, summaries[b.id]) for b in page]
     return BatchList(
         data=data,
         first_id=page[0].id if page else None,
@@ -133,13 +134,6 @@ async def list_batches(
 async def cancel_batch_route(batch_id: str, key: CurrentKey, session: SessionDep) -> BatchOut:
     """Cancel: lines not yet started end `batch_cancelled`; finished results are kept."""
     batch = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
-    if batch.status not in (
-        BatchStatus.VALIDATING,
-        BatchStatus.IN_PROGRESS,
-        BatchStatus.CANCELLING,
-        BatchStatus.CANCELLED,
-    ):
-        raise HTTPException(409, f"A batch that is {batch.status} cannot be cancelled.")
     batch = await cancel_batch(session, batch)
     return batch_out(batch, await summarize(session, batch.id))
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.api.deps import AppState, CurrentKey, IdempotencyDep, SessionDep, StateDep, owned
 from promptq.api.schemas import FileOut, file_out
 from promptq.batches import stream_results
+from promptq.errors import InvalidRequest
 from promptq.files import store_upload, stream_input_lines
 from promptq.idempotency import file_sha256
 from promptq.models import ApiKey, File, FilePurpose
@@ -43,7 +44,7 @@ async def _store(
     file: UploadFile, purpose: str, key: ApiKey, session: AsyncSession, state: AppState
 ) -> FileOut:
     if purpose != FilePurpose.BATCH:
-        raise HTTPException(400, "Only purpose 'batch' can be uploaded.")
+        raise InvalidRequest("invalid_purpose", "Only purpose 'batch' can be uploaded.")
     # Starlette spooled the upload to a temporary file; parse it from there, line by line.
     await anyio.to_thread.run_sync(file.file.seek, 0)
     stored = await store_upload(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -19,9 +18,10 @@ from promptq.api.deps import (
 from promptq.api.schemas import JobCreate, JobOut, job_out
 from promptq.catalog import Catalog
 from promptq.ids import new_id
-from promptq.models import ApiKey, Job, JobStatus, utcnow
-from promptq.scheduler.dispatch import dispatch_queued
-from promptq.scheduler.routing import queue_for
+from promptq.jobs import cancel, submit
+from promptq.models import ApiKey, Job, utcnow
+from promptq.queues import queue_for
+from promptq.scheduler.dispatch import publish_jobs
 from promptq.webhooks import check_webhook_url
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -51,24 +51,23 @@ async def _submit(
     entry = catalog.require(body.model)
     if body.webhook_url:
         await check_webhook_url(body.webhook_url, state.settings)
-    job = Job(
-        id=new_id("job_"),
-        tenant=key.tenant,
-        model=entry.name,
-        queue=queue_for(entry),
-        body=body.request_body(),
-        priority=body.priority,
-        status=JobStatus.QUEUED,
-        attempts=0,
-        max_attempts=state.settings.max_attempts,
-        job_metadata=body.metadata,
-        webhook_url=body.webhook_url or key.webhook_url,
-        created_at=utcnow(),
+    job = submit(
+        session,
+        Job(
+            id=new_id("job_"),
+            tenant=key.tenant,
+            model=entry.name,
+            queue=queue_for(entry),
+            body=body.request_body(),
+            priority=body.priority,
+            max_attempts=state.settings.max_attempts,
+            job_metadata=body.metadata,
+            webhook_url=body.webhook_url or key.webhook_url,
+            created_at=utcnow(),
+        ),
     )
-    session.add(job)
-    await session.commit()
-    await dispatch_queued(session, state.celery, 1, Job.id == job.id)
-    await session.refresh(job)
+    await session.commit()  # the one transaction: the row, already marked enqueued
+    await publish_jobs(session, state.celery, [job])
     return job_out(job)
 
 
@@ -80,20 +79,9 @@ async def get_job(job_id: str, key: CurrentKey, session: SessionDep) -> JobOut:
 
 @router.post("/{job_id}/cancel", operation_id="cancel_job")
 async def cancel_job(job_id: str, key: CurrentKey, session: SessionDep) -> JobOut:
-    """Cancel a job that has not finished; a finished job is returned unchanged."""
+    """Cancel a job that has not finished (`job.cancelled` is sent to its webhook); a
+    finished job is returned unchanged."""
     job = owned(await session.get(Job, job_id), key, "job", job_id)
-    await session.execute(
-        sa.update(Job)
-        .where(Job.id == job.id, Job.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]))
-        .values(
-            status=JobStatus.CANCELLED,
-            finished_at=utcnow(),
-            lease_owner=None,
-            error_code="job_cancelled",
-            error_message="The job was cancelled.",
-        )
-        .execution_options(synchronize_session=False)
-    )
-    await session.commit()
+    await cancel(session, job.id)
     await session.refresh(job)
     return job_out(job)

@@ -1,4 +1,5 @@
-"""Which queue a job goes to, and at which Redis priority step."""
+"""Which queue a job goes to, and at which Redis priority step (a domain rule: the API,
+batches and the dispatcher all ask it)."""
 
 from __future__ import annotations
 

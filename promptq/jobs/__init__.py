@@ -1,0 +1,50 @@
+"""Jobs: the lifecycle (lifecycle.py), its one writer (transitions.py), the error codes a
+job can end with (codes.py), and a job as a worker holds it (attempt.py)."""
+
+from __future__ import annotations
+
+from promptq.jobs.attempt import ClaimedJob, Finished, JobFailure, JobOutcome
+from promptq.jobs.codes import JobErrorCode
+from promptq.jobs.lifecycle import TRANSITIONS, Transition
+from promptq.jobs.transitions import (
+    cancel,
+    cancel_lines,
+    claim,
+    expire_lines,
+    insert_lines,
+    mark_enqueued,
+    record_failure,
+    record_finished,
+    record_success,
+    release,
+    renew,
+    requeue_expired,
+    resend,
+    retry,
+    submit,
+)
+
+__all__ = [
+    "TRANSITIONS",
+    "ClaimedJob",
+    "Finished",
+    "JobErrorCode",
+    "JobFailure",
+    "JobOutcome",
+    "Transition",
+    "cancel",
+    "cancel_lines",
+    "claim",
+    "expire_lines",
+    "insert_lines",
+    "mark_enqueued",
+    "record_failure",
+    "record_finished",
+    "record_success",
+    "release",
+    "renew",
+    "requeue_expired",
+    "resend",
+    "retry",
+    "submit",
+]

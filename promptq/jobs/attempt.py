@@ -1,0 +1,56 @@
+"""A job as a worker holds it for one attempt, and what the attempt produced."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from typing import Any
+
+__all__ = ["ClaimedJob", "Finished", "JobFailure", "JobOutcome"]
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds the lease on, for one attempt."""
+
+    id: str
+    tenant: str
+    batch_id: str | None
+    model: str
+    body: dict[str, Any]
+    priority: int
+    attempt: int
+    max_attempts: int
+    owner: str
+    webhook_url: str | None = None
+
+    def next_attempt(self) -> ClaimedJob:
+        """The same lease, counted as the following attempt."""
+        return replace(self, attempt=self.attempt + 1)
+
+
+@dataclass(frozen=True)
+class JobFailure:
+    """What a failed final attempt stores on the job: a JobErrorCode, a message, and the
+    provider's HTTP status if the provider refused it."""
+
+    code: str
+    message: str
+    provider_status: int | None = None
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """What a finished attempt stores on the job and in the ledger."""
+
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: Decimal
+    response: dict[str, Any]
+    ttft_ms: float | None = None
+
+
+#: A finished attempt: the job as claimed and what the attempt produced.
+Finished = tuple[ClaimedJob, JobOutcome | JobFailure]
