@@ -43,26 +43,42 @@ def api(host: str = "127.0.0.1", port: int = 8000) -> None:
     uvicorn.run(create_app(), host=host, port=port, log_level="warning")
 
 
+CheckOpt = Annotated[
+    bool, typer.Option("--check", help="Exit 0 if a worker of this kind beat recently, else 1.")
+]
+BurstOpt = Annotated[
+    bool, typer.Option("--burst", help="Run the queued jobs, then exit (no broker needed).")
+]
+
+
 @worker_app.command("remote")
 def worker_remote(
     concurrency: Annotated[int, typer.Option(help="Provider requests in flight.")] = 256,
     loglevel: str = "warning",
+    check: CheckOpt = False,
+    burst: BurstOpt = False,
 ) -> None:
     """Run a remote worker (OpenAI-compatible and Anthropic providers)."""
-    from promptq.workers.launch import run_remote_worker
+    from promptq.workers.launch import check_workers, run_remote_worker
 
-    run_remote_worker(get_settings(), concurrency=concurrency, loglevel=loglevel)
+    if check:
+        raise typer.Exit(check_workers(get_settings(), "remote"))
+    run_remote_worker(get_settings(), concurrency=concurrency, loglevel=loglevel, burst=burst)
 
 
 @worker_app.command("gpu")
 def worker_gpu(
     model: Annotated[str | None, typer.Option(help="The vllm model to serve.")] = None,
     loglevel: str = "warning",
+    check: CheckOpt = False,
+    burst: BurstOpt = False,
 ) -> None:
     """Run a GPU worker: one vLLM engine for one model of the models file."""
-    from promptq.workers.launch import run_gpu_worker
+    from promptq.workers.launch import check_workers, run_gpu_worker
 
-    run_gpu_worker(get_settings(), model=model, loglevel=loglevel)
+    if check:
+        raise typer.Exit(check_workers(get_settings(), "gpu"))
+    run_gpu_worker(get_settings(), model=model, loglevel=loglevel, burst=burst)
 
 
 @app.command()

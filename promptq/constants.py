@@ -8,7 +8,9 @@ __all__ = [
     "PRIORITY_STEPS",
     "REMOTE_QUEUE",
     "TASK_RUN_CHUNK",
+    "WORKER_BEAT_PREFIX",
     "gpu_queue",
+    "worker_beat_key",
 ]
 
 #: Queue of the remote workers (OpenAI-compatible and Anthropic providers).
@@ -21,8 +23,15 @@ TASK_RUN_CHUNK = "promptq.run_chunk"
 PRIORITY_STEPS = 10
 #: Set by the scheduler in the broker's Redis; its absence means Redis lost its data.
 BROKER_EPOCH_KEY = "promptq:broker-epoch"
+#: A live worker's last heartbeat (JSON, with a time to live): promptq:worker:<kind>:<owner>.
+WORKER_BEAT_PREFIX = "promptq:worker:"
 
 
 def gpu_queue(model: str) -> str:
     """The queue a GPU worker for `model` consumes."""
     return f"{GPU_QUEUE_PREFIX}{model}"
+
+
+def worker_beat_key(kind: str, owner: str) -> str:
+    """The Redis key of one worker's heartbeat record."""
+    return f"{WORKER_BEAT_PREFIX}{kind}:{owner}"

@@ -42,6 +42,12 @@ class ResultWriter:
         """Start writing; call on the loop that will call `write`."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="result-writer")
 
+    @property
+    def task(self) -> asyncio.Task[None]:
+        """The writing task (once started), for the worker's supervisor."""
+        assert self._task is not None, "writer not started"
+        return self._task
+
     async def write(self, job: ClaimedJob, result: JobOutcome | JobFailure) -> bool:
         """Store a finished attempt, grouped with others that finish about now. True if it
         was stored, False if the lease was lost; raises if it could not be written."""

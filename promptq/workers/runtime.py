@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
+import redis.asyncio as aioredis
 import structlog
 
 from promptq.catalog import Catalog, ModelEntry
@@ -25,13 +26,14 @@ from promptq.jobs import (
     JobOutcome,
     claim,
     release,
-    renew,
     retry,
 )
 from promptq.queues import BULK_BAND
 from promptq.retry import backoff_delay
+from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.result_writer import ResultWriter
+from promptq.workers.supervisor import Supervisor
 
 __all__ = ["BackendFactory", "WorkerRuntime", "worker_id"]
 
@@ -46,7 +48,12 @@ def worker_id(kind: str) -> str:
 
 
 class WorkerRuntime:
-    """Runs claimed jobs on a private event loop; Celery threads call `admit`."""
+    """Runs claimed jobs on a private event loop; Celery threads call `admit`, or
+    `run_until_idle` drains the queues in-process (burst mode).
+
+    Its side tasks (heartbeat, batch checker, result writer) are supervised: if one ends,
+    `on_death(reason)` is called (the launcher stops the worker process) and
+    `run_until_idle` raises WorkerDied."""
 
     def __init__(
         self,
@@ -57,18 +64,21 @@ class WorkerRuntime:
         kind: str,
         max_in_flight: int,
         on_stop: Callable[[], Awaitable[None]] | None = None,
+        on_death: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
+        self.kind = kind
         self.owner = worker_id(kind)
         self.max_in_flight = max_in_flight
+        self.supervisor = Supervisor(self.owner, on_death or (lambda _: None))
         self._make_backend = make_backend
         self._on_stop = on_stop
         self._stopped = False
         self._backends: dict[str, Backend] = {}
         self._running: dict[str, ClaimedJob] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._batches_to_check: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # the running jobs
+        self.batches_to_check: set[str] = set()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="promptq-loop", daemon=True
@@ -77,6 +87,7 @@ class WorkerRuntime:
         self._alone = False  # a suspected poison job is running by itself
         self._admitting = 0  # chunks between "has room" and their claim
         self._db: Database | None = None
+        self._redis: aioredis.Redis | None = None
         self._results: ResultWriter | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
 
@@ -107,10 +118,30 @@ class WorkerRuntime:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
 
+    def run_until_idle(self, queues: list[str], timeout: float | None = None) -> dict[str, int]:
+        """Burst mode: claim and run the queued jobs of `queues` until none is left and
+        nothing runs here; returns the counters. Raises WorkerDied if a side task ends."""
+        return self.call(side_tasks.drain(self, queues), timeout)
+
     @property
     def in_flight(self) -> int:
         """Jobs claimed by this process and not yet finished."""
         return len(self._running)
+
+    @property
+    def heartbeat_seconds(self) -> float:
+        """How often leases are renewed and the worker's record in Redis is refreshed."""
+        return min(self.settings.lease_seconds / 3, 10.0)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the heartbeat logs and `promptq worker --check` shows."""
+        return {"in_flight": self.in_flight, **self.counters}
+
+    async def wait_idle(self) -> None:
+        """Until no job claimed here is running."""
+        assert self._capacity is not None
+        async with self._capacity:
+            await self._capacity.wait_for(lambda: not self._running)
 
     # -- on the loop -----------------------------------------------------------------
     async def _start(self, preload: list[ModelEntry]) -> None:
@@ -121,14 +152,19 @@ class WorkerRuntime:
             max_delay=self.settings.result_flush_seconds,
             max_group=self.settings.result_group_size,
         )
+        self._redis = aioredis.Redis.from_url(
+            self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
         self._results.start()
         for entry in preload:
             await self._backend(entry)
-        self._spawn(self._heartbeat())
-        self._spawn(self._batch_checker())
+        self.supervisor.watch("result_writer", self._results.task)
+        self.supervisor.spawn("heartbeat", side_tasks.heartbeat(self))
+        self.supervisor.spawn("batch_checker", side_tasks.batch_checker(self))
         log.info("worker.started", owner=self.owner, max_in_flight=self.max_in_flight)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # A job's task (side tasks are the supervisor's).
         task = self._loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -146,6 +182,11 @@ class WorkerRuntime:
         return self._db
 
     @property
+    def redis(self) -> aioredis.Redis:
+        assert self._redis is not None, "runtime not started"
+        return self._redis
+
+    @property
     def results(self) -> ResultWriter:
         assert self._results is not None, "runtime not started"
         return self._results
@@ -156,6 +197,10 @@ class WorkerRuntime:
         if alone:
             return not self._running and not self._admitting
         return step < BULK_BAND or len(self._running) < self.max_in_flight
+
+    async def admit_here(self, job_ids: list[str], step: int, alone: bool) -> int:
+        """`admit`, on the runtime's loop."""
+        return await self._admit(job_ids, step, alone)
 
     async def _admit(self, job_ids: list[str], step: int, alone: bool) -> int:
         assert self._capacity is not None
@@ -183,7 +228,7 @@ class WorkerRuntime:
         finally:
             self._running.pop(job.id, None)
             if job.batch_id:
-                self._batches_to_check.add(job.batch_id)
+                self.batches_to_check.add(job.batch_id)
             await self._release_alone()
 
     async def _release_alone(self) -> None:
@@ -265,33 +310,9 @@ class WorkerRuntime:
         self.counters["failed" if stored else "lost"] += 1
         log.info("job.failed", job_id=job.id, attempt=job.attempt, code=exc.code)
 
-    async def _heartbeat(self) -> None:
-        interval = self.settings.lease_seconds / 3
-        while True:
-            await asyncio.sleep(interval)
-            if self._running:
-                try:
-                    async with self.db.session() as session:
-                        await renew(session, self.owner, self.settings.lease_seconds)
-                except Exception:
-                    log.exception("worker.heartbeat_failed", owner=self.owner)
-
-    async def _batch_checker(self) -> None:
-        # Finalize batches whose last jobs finished here; debounced, not once per job.
-        from promptq.batches import finalize_batch
-
-        while True:
-            await asyncio.sleep(0.5)
-            batches, self._batches_to_check = self._batches_to_check, set()
-            for batch_id in batches:
-                try:
-                    async with self.db.session() as session:
-                        await finalize_batch(session, batch_id)
-                except Exception:
-                    log.exception("batch.finalize_failed", batch_id=batch_id)
-
     async def _stop(self, drain_seconds: float) -> None:
         assert self._capacity is not None
+        self.supervisor.expect_end()  # the result writer ends on purpose below
         try:
             async with self._capacity:
                 await asyncio.wait_for(
@@ -307,8 +328,12 @@ class WorkerRuntime:
             log.info("worker.released", jobs=len(released))
         for task in list(self._tasks):
             task.cancel()
+        await self.supervisor.stop()
+        await side_tasks.forget_beat(self)
         for backend in self._backends.values():
             await backend.aclose()
         if self._on_stop is not None:
             await self._on_stop()
+        await self.redis.aclose()
         await self.db.dispose()
+        log.info("worker.stopped", owner=self.owner, **self.snapshot())

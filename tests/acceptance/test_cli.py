@@ -77,3 +77,24 @@ def test_provider_keys_never_leave_the_environment(
     assert SIM_KEY not in client.get("/openapi.json").text
     for child in stack.children:
         assert SIM_KEY not in child.log_text(), child.name
+
+
+def test_worker_check_sees_the_live_remote_worker_and_no_gpu_worker(
+    pipeline: str, env: dict[str, str]
+) -> None:
+    # Given the deployment's remote worker is running (and no GPU worker)
+    # When a health probe asks for each kind
+    remote = promptq("worker", "remote", "--check", env=env)
+    gpu = promptq("worker", "gpu", "--check", env=env)
+    # Then only the remote kind is alive, with its counters shown
+    assert remote.returncode == 0, remote.stderr
+    assert "remote@" in remote.stdout and "claimed=" in remote.stdout
+    assert gpu.returncode == 1 and "no live gpu worker" in gpu.stderr
+
+
+def test_a_burst_worker_exits_once_nothing_is_queued(pipeline: str, env: dict[str, str]) -> None:
+    # When a remote worker runs in burst mode while nothing is queued for it
+    burst = promptq("worker", "remote", "--burst", env=env)
+    # Then it stops by itself, cleanly, with its counters logged
+    assert burst.returncode == 0, burst.stderr
+    assert "worker.burst_done" in burst.stderr and "worker.stopped" in burst.stderr

@@ -4,53 +4,16 @@ twice; the sweeper re-queues lost leases and fails poison jobs."""
 from __future__ import annotations
 
 from datetime import timedelta
-from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
 from promptq.db import Database
-from promptq.jobs import JobOutcome, cancel, claim, record_failure, record_success, retry
+from promptq.jobs import cancel, claim, record_failure, record_success, retry
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
+from tests.factories import OUTCOME, add_jobs, get_job
 
 pytestmark = pytest.mark.anyio
-
-OUTCOME = JobOutcome(
-    content="hi",
-    finish_reason="stop",
-    prompt_tokens=3,
-    completion_tokens=2,
-    cost_usd=Decimal("0.000001"),
-    response={"object": "chat.completion"},
-)
-
-
-async def _add_job(
-    db: Database, job_id: str = "job_1", max_attempts: int = 3, webhook_url: str | None = None
-) -> None:
-    async with db.session() as session:
-        session.add(
-            Job(
-                webhook_url=webhook_url,
-                id=job_id,
-                tenant="t",
-                model="m",
-                queue="q",
-                status=JobStatus.QUEUED,
-                body={"messages": []},
-                priority=5,
-                attempts=0,
-                max_attempts=max_attempts,
-            )
-        )
-        await session.commit()
-
-
-async def _job(db: Database, job_id: str = "job_1") -> Job:
-    async with db.session() as session:
-        job = await session.get(Job, job_id)
-        assert job is not None
-        return job
 
 
 async def _ledger_rows(db: Database) -> int:
@@ -59,29 +22,29 @@ async def _ledger_rows(db: Database) -> int:
 
 
 async def test_a_job_is_claimed_once_even_if_its_message_comes_twice(db: Database) -> None:
-    await _add_job(db)
+    await add_jobs(db, "job_1")
     async with db.session() as session:
         first = await claim(session, ["job_1"], "w1", 60)
         second = await claim(session, ["job_1"], "w2", 60)
     assert [j.id for j in first] == ["job_1"] and second == []
-    assert (await _job(db)).attempts == 1
+    assert (await get_job(db)).attempts == 1
 
 
 async def test_a_duplicate_result_adds_no_second_ledger_row(db: Database) -> None:
-    await _add_job(db)
+    await add_jobs(db, "job_1")
     async with db.session() as session:
         (job,) = await claim(session, ["job_1"], "w1", 60)
         assert await record_success(session, job, OUTCOME)
         assert not await record_success(session, job, OUTCOME)
         assert not await record_failure(session, job, "late", "too late", 500)
-    final = await _job(db)
+    final = await get_job(db)
     assert (final.status, final.content) == (JobStatus.SUCCEEDED, "hi")
     assert await _ledger_rows(db) == 1
 
 
 async def test_a_result_from_a_worker_that_lost_its_lease_is_dropped(db: Database) -> None:
     # Given a job claimed by w1, whose lease the sweeper gave to w2
-    await _add_job(db)
+    await add_jobs(db, "job_1")
     async with db.session() as session:
         (old,) = await claim(session, ["job_1"], "w1", 60)
         await session.execute(sa.update(Job).values(status=JobStatus.QUEUED))
@@ -93,16 +56,16 @@ async def test_a_result_from_a_worker_that_lost_its_lease_is_dropped(db: Databas
     # Then only the current holder's result counts, once
     assert (late, current) == (False, True)
     assert await _ledger_rows(db) == 1
-    assert (await _job(db)).attempts == 2
+    assert (await get_job(db)).attempts == 2
 
 
 async def test_a_retry_counts_as_an_attempt_under_the_same_lease(db: Database) -> None:
-    await _add_job(db)
+    await add_jobs(db, "job_1")
     async with db.session() as session:
         (job,) = await claim(session, ["job_1"], "w1", 60)
         retried = await retry(session, job, 60, "rate_limited", "429")
     assert retried is not None and retried.attempt == 2
-    assert (await _job(db)).attempts == 2
+    assert (await get_job(db)).attempts == 2
 
 
 async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
@@ -115,8 +78,8 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     from promptq.workers.celery_app import make_celery
 
     # Given two running jobs whose worker died: one with attempts left, one without
-    await _add_job(db, "job_a", max_attempts=3)
-    await _add_job(db, "job_b", max_attempts=1, webhook_url="https://hooks.example/x")
+    await add_jobs(db, "job_a", max_attempts=3)
+    await add_jobs(db, "job_b", max_attempts=1, webhook_url="https://hooks.example/x")
     async with db.session() as session:
         await claim(session, ["job_a", "job_b"], "dead-worker", 60)
         await session.execute(sa.update(Job).values(lease_expires_at=utcnow() - timedelta(1)))
@@ -127,7 +90,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     report = await Sweeper(settings, db, make_celery(settings), redis).sweep()
     await redis.aclose()
     # Then the first is queued again (and re-sent), the second failed for good
-    a, b = await _job(db, "job_a"), await _job(db, "job_b")
+    a, b = await get_job(db, "job_a"), await get_job(db, "job_b")
     assert (report.requeued, report.failed) == (1, 1)
     assert a.status == JobStatus.QUEUED and a.enqueued_at is not None
     assert (b.status, b.error_code) == (JobStatus.FAILED, "max_attempts_exceeded")
@@ -139,7 +102,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
 
 async def test_cancelling_a_running_job_emits_its_event_and_drops_its_lease(db: Database) -> None:
     # Given a running job with a webhook
-    await _add_job(db, webhook_url="https://hooks.example/x")
+    await add_jobs(db, "job_1", webhook_url="https://hooks.example/x")
     async with db.session() as session:
         (job,) = await claim(session, ["job_1"], "w1", 60)
         # When the client cancels it
@@ -147,7 +110,7 @@ async def test_cancelling_a_running_job_emits_its_event_and_drops_its_lease(db: 
         # Then a second cancel changes nothing, and the worker's late result is dropped
         assert not await cancel(session, "job_1")
         assert not await record_success(session, job, OUTCOME)
-    final = await _job(db)
+    final = await get_job(db)
     assert (final.status, final.error_code) == (JobStatus.CANCELLED, "job_cancelled")
     assert (final.lease_owner, final.lease_expires_at) == (None, None)
     assert await _ledger_rows(db) == 0

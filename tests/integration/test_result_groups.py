@@ -6,71 +6,18 @@ their ledger row. On Postgres and on SQLite (the demo's database)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from promptq.db import Database
-from promptq.jobs import ClaimedJob, JobFailure, JobOutcome, claim, record_finished
-from promptq.migrate import upgrade
+from promptq.jobs import JobFailure, claim, record_finished
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent
 from promptq.workers.result_writer import ResultWriter
+from tests.factories import claimed_jobs, outcome
 
 pytestmark = pytest.mark.anyio
-
-
-def _outcome(content: str) -> JobOutcome:
-    return JobOutcome(
-        content=content,
-        finish_reason="stop",
-        prompt_tokens=3,
-        completion_tokens=2,
-        cost_usd=Decimal("0.0000015"),
-        response={"object": "chat.completion", "content": content},
-    )
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def any_db(
-    request: pytest.FixtureRequest, integration_pg_url: str, tmp_path: Path
-) -> AsyncIterator[Database]:
-    """The integration Postgres database, emptied, or a fresh SQLite file."""
-    if request.param == "postgresql":
-        database = Database(integration_pg_url)
-        async with database.engine.begin() as conn:
-            await conn.execute(sa.text("TRUNCATE jobs, usage_records, webhook_events CASCADE"))
-    else:
-        url = f"sqlite:///{tmp_path}/promptq.db"
-        upgrade(url)
-        database = Database(url)
-    yield database
-    await database.dispose()
-
-
-async def _claimed(
-    db: Database, ids: list[str], owner: str = "w1", webhook_url: str | None = None
-) -> dict[str, ClaimedJob]:
-    async with db.session() as session:
-        for job_id in ids:
-            session.add(
-                Job(
-                    id=job_id,
-                    tenant="t",
-                    model="m",
-                    queue="q",
-                    status=JobStatus.QUEUED,
-                    body={"messages": []},
-                    priority=5,
-                    attempts=0,
-                    max_attempts=3,
-                    webhook_url=webhook_url,
-                )
-            )
-        await session.commit()
-        return {job.id: job for job in await claim(session, ids, owner, 60)}
 
 
 async def _jobs(db: Database) -> dict[str, Job]:
@@ -92,12 +39,12 @@ async def _events(db: Database) -> list[tuple[str, str]]:
 
 async def test_a_group_stores_each_result_with_one_ledger_row(any_db: Database) -> None:
     # Given three running jobs
-    jobs = await _claimed(any_db, ["a", "b", "c"])
+    jobs = await claimed_jobs(any_db, ["a", "b", "c"])
     # When their results are stored as one group
     async with any_db.session() as session:
         stored = await record_finished(
             session,
-            [(jobs["a"], _outcome("A")), (jobs["b"], _outcome("B")), (jobs["c"], _outcome("C"))],
+            [(jobs["a"], outcome("A")), (jobs["b"], outcome("B")), (jobs["c"], outcome("C"))],
         )
     # Then each job has its own result, and one ledger row
     assert stored == [True, True, True]
@@ -115,14 +62,14 @@ async def test_a_group_stores_each_result_with_one_ledger_row(any_db: Database) 
 
 async def test_a_late_duplicate_in_the_same_group_is_dropped(any_db: Database) -> None:
     # Given two running jobs
-    jobs = await _claimed(any_db, ["a", "b"])
+    jobs = await claimed_jobs(any_db, ["a", "b"])
     # When one group holds a result for each, and a second result for the first one
     async with any_db.session() as session:
         stored = await record_finished(
             session,
             [
-                (jobs["a"], _outcome("first")),
-                (jobs["b"], _outcome("B")),
+                (jobs["a"], outcome("first")),
+                (jobs["b"], outcome("B")),
                 (jobs["a"], JobFailure("late", "a duplicate", 500)),
             ],
         )
@@ -140,7 +87,7 @@ async def test_a_late_duplicate_in_the_same_group_is_dropped(any_db: Database) -
 async def test_a_lost_lease_in_a_group_costs_only_that_job(any_db: Database) -> None:
     # Given three jobs claimed by w1 (with a webhook), one of which the sweeper re-queued
     # and w2 claimed again
-    jobs = await _claimed(any_db, ["a", "b", "c"], webhook_url="https://hooks.example/x")
+    jobs = await claimed_jobs(any_db, ["a", "b", "c"], webhook_url="https://hooks.example/x")
     async with any_db.session() as session:
         await session.execute(sa.update(Job).where(Job.id == "b").values(status="queued"))
         await session.commit()
@@ -150,8 +97,8 @@ async def test_a_lost_lease_in_a_group_costs_only_that_job(any_db: Database) -> 
         stored = await record_finished(
             session,
             [
-                (jobs["a"], _outcome("A")),
-                (jobs["b"], _outcome("stale")),
+                (jobs["a"], outcome("A")),
+                (jobs["b"], outcome("stale")),
                 (jobs["c"], JobFailure("provider_error", "refused", 400)),
             ],
         )
@@ -174,7 +121,7 @@ async def test_a_lost_lease_in_a_group_costs_only_that_job(any_db: Database) -> 
 async def test_a_group_that_fails_to_commit_leaves_every_job_running(any_db: Database) -> None:
     # Given two running jobs, and a ledger row already there for the first one's attempt
     # (so the group's INSERT breaks the unique key after both UPDATEs matched)
-    jobs = await _claimed(any_db, ["a", "b"])
+    jobs = await claimed_jobs(any_db, ["a", "b"])
     async with any_db.session() as session:
         session.add(
             UsageRecord(
@@ -186,7 +133,7 @@ async def test_a_group_that_fails_to_commit_leaves_every_job_running(any_db: Dat
     # When the group is stored
     async with any_db.session() as session:
         with pytest.raises(sa.exc.IntegrityError):
-            await record_finished(session, [(jobs["a"], _outcome("A")), (jobs["b"], _outcome("B"))])
+            await record_finished(session, [(jobs["a"], outcome("A")), (jobs["b"], outcome("B"))])
     # Then neither job finished: no result without its ledger row
     final = await _jobs(any_db)
     assert [(final[j].status, final[j].content) for j in "ab"] == [(JobStatus.RUNNING, None)] * 2
@@ -197,7 +144,7 @@ async def test_the_writer_groups_results_and_isolates_one_that_cannot_be_stored(
     any_db: Database,
 ) -> None:
     # Given a writer, three running jobs, and a ledger row already there for b's attempt
-    jobs = await _claimed(any_db, ["a", "b", "c"])
+    jobs = await claimed_jobs(any_db, ["a", "b", "c"])
     async with any_db.session() as session:
         session.add(
             UsageRecord(
@@ -210,7 +157,7 @@ async def test_the_writer_groups_results_and_isolates_one_that_cannot_be_stored(
     writer.start()
     # When the three finish at once
     results = await asyncio.gather(
-        *(writer.write(jobs[j], _outcome(j.upper())) for j in "abc"), return_exceptions=True
+        *(writer.write(jobs[j], outcome(j.upper())) for j in "abc"), return_exceptions=True
     )
     await writer.close()
     # Then the group failed as a whole, and was stored job by job: b alone is not stored
@@ -230,13 +177,13 @@ async def test_the_writer_stores_results_that_finish_together_in_one_transaction
     any_db: Database,
 ) -> None:
     # Given a writer and five running jobs
-    jobs = await _claimed(any_db, [f"j{i}" for i in range(5)])
+    jobs = await claimed_jobs(any_db, [f"j{i}" for i in range(5)])
     writer = ResultWriter(any_db, max_delay=0.05, max_group=100)
     writer.start()
     # When they finish at once, and one more after the writer closed
-    stored = await asyncio.gather(*(writer.write(job, _outcome("x")) for job in jobs.values()))
+    stored = await asyncio.gather(*(writer.write(job, outcome("x")) for job in jobs.values()))
     await writer.close()
-    late = await writer.write(jobs["j0"], _outcome("late"))
+    late = await writer.write(jobs["j0"], outcome("late"))
     # Then they were stored as one group; the late duplicate on its own, and refused
     assert stored == [True] * 5 and late is False
     assert writer.counters == {"groups": 2, "stored": 5, "lost": 1, "regrouped": 0}

@@ -7,9 +7,7 @@ shared one."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -19,7 +17,6 @@ from promptq.batches import finalize_batch
 from promptq.config import Settings
 from promptq.db import Database
 from promptq.jobs import JobOutcome, claim, record_failure, record_success
-from promptq.migrate import upgrade
 from promptq.models import (
     Batch,
     BatchStatus,
@@ -34,6 +31,7 @@ from promptq.models import (
 from promptq.scheduler.relay import Relay
 from promptq.webhooks import emit
 from tests.conftest import WEBHOOK_SECRET
+from tests.factories import add_jobs
 from tests.webhook_receiver import receiver
 
 pytestmark = pytest.mark.anyio
@@ -52,21 +50,6 @@ OUTCOME = JobOutcome(
 def pg(db: Database) -> Database:
     """The integration tests' own Postgres database, emptied (no scheduler sweeps it)."""
     return db
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-async def any_db(
-    request: pytest.FixtureRequest, pg: Database, tmp_path: Path
-) -> AsyncIterator[Database]:
-    """The outbox's Postgres database, or a fresh SQLite file (the demo's database)."""
-    if request.param == "postgresql":
-        yield pg
-        return
-    url = f"sqlite:///{tmp_path}/promptq.db"
-    upgrade(url)
-    database = Database(url)
-    yield database
-    await database.dispose()
 
 
 def _settings(**overrides: object) -> Settings:
@@ -92,32 +75,13 @@ async def _add_events(db: Database, url: str, n: int) -> None:
         await session.commit()
 
 
-async def _add_job(db: Database, job_id: str, webhook_url: str | None) -> None:
-    async with db.session() as session:
-        session.add(
-            Job(
-                id=job_id,
-                tenant="t",
-                model="m",
-                queue="q",
-                status=JobStatus.QUEUED,
-                body={"messages": []},
-                priority=5,
-                attempts=0,
-                max_attempts=3,
-                webhook_url=webhook_url,
-            )
-        )
-        await session.commit()
-
-
 async def test_a_final_job_state_commits_with_its_event_and_a_lost_lease_adds_none(
     pg: Database,
 ) -> None:
     # Given two jobs with a webhook_url and one without, claimed by a worker
-    await _add_job(pg, "job_ok", "https://hooks.example/ok")
-    await _add_job(pg, "job_bad", "https://hooks.example/bad")
-    await _add_job(pg, "job_quiet", None)
+    await add_jobs(pg, "job_ok", webhook_url="https://hooks.example/ok")
+    await add_jobs(pg, "job_bad", webhook_url="https://hooks.example/bad")
+    await add_jobs(pg, "job_quiet", webhook_url=None)
     async with pg.session() as session:
         ok, bad, quiet = sorted(
             await claim(session, ["job_ok", "job_bad", "job_quiet"], "w1", 60),
