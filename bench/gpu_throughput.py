@@ -38,8 +38,8 @@ from typing import Any
 
 import redis
 from common import (
+    Child,
     CpuMeter,
-    Proc,
     api_client,
     free_port,
     group_process_cpu,
@@ -52,8 +52,8 @@ from common import (
     temp_database,
     upload,
     wait_batch,
-    wait_for,
     wait_http,
+    wait_until,
 )
 from pipeline import spawn, start_redis
 
@@ -300,17 +300,17 @@ def run_raw(
     out_path.unlink(missing_ok=True)  # the previous round's
     args = [sys.executable, str(Path(__file__).resolve()), "--raw-child", str(spec_path)]
     args += ["--raw-out", str(out_path)]
-    proc = Proc("raw-vllm", args, {}, log_dir)
+    proc = Child("raw-vllm", args, {}, log_dir)
     try:
-        wait_for(lambda: out_path.exists() or not proc.alive(), timeout, "raw vLLM", 0.5)
+        wait_until(lambda: out_path.exists() or not proc.alive(), timeout, "raw vLLM", interval=0.5)
         with suppress(TimeoutError):  # it shuts its engine down; else it is stopped below
-            wait_for(lambda: not proc.alive(), 60, "raw vLLM to exit", 0.5)
+            wait_until(lambda: not proc.alive(), 60, "raw vLLM to exit", interval=0.5)
     finally:
         proc.stop()
         # The engine's processes hold the accelerator's memory until they are gone.
-        wait_for(lambda: not group_process_cpu(proc.pid), 60, "raw vLLM's engine to exit")
+        wait_until(lambda: not group_process_cpu(proc.pid), 60, "raw vLLM's engine to exit")
     if not out_path.exists():
-        raise RuntimeError(f"raw vLLM failed:\n{proc.output()[-4000:]}")
+        raise RuntimeError(f"raw vLLM failed:\n{proc.log_text()[-4000:]}")
     result: dict[str, Any] = json.loads(out_path.read_text())
     result["output_tokens_per_s"] = round(result["output_tokens"] / result["generate_s"], 1)
     result["output_tokens_per_runner_cpu_s"] = per_runner_cpu(result, result["cpu_s"])
@@ -320,13 +320,18 @@ def run_raw(
 # --- part 2: promptq --------------------------------------------------------------------------
 
 
-def start_gpu_worker(stack: ExitStack, env: Mapping[str, str], log_dir: Path, name: str) -> Proc:
+def start_gpu_worker(stack: ExitStack, env: Mapping[str, str], log_dir: Path, name: str) -> Child:
     """`promptq worker gpu`, returned once its engine is loaded and Celery consumes."""
     args = ["worker", "gpu", "--model", MODEL]
-    proc = spawn(stack, Proc.promptq(name, args, env, log_dir))
-    wait_for(lambda: "worker.ready" in proc.output() or not proc.alive(), 1800, "GPU worker", 0.5)
+    proc = spawn(stack, Child.promptq(name, args, env, log_dir))
+    wait_until(
+        lambda: "worker.ready" in proc.log_text() or not proc.alive(),
+        1800,
+        "GPU worker",
+        interval=0.5,
+    )
     if not proc.alive():
-        raise RuntimeError(f"the GPU worker exited:\n{proc.output()[-4000:]}")
+        raise RuntimeError(f"the GPU worker exited:\n{proc.log_text()[-4000:]}")
     return proc
 
 
@@ -375,13 +380,13 @@ def run_promptq(
             "PROMPTQ_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         }
         port = free_port()
-        api = spawn(stack, Proc.promptq(f"api{tag}", ["api", "--port", str(port)], env, log_dir))
+        api = spawn(stack, Child.promptq(f"api{tag}", ["api", "--port", str(port)], env, log_dir))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/healthz")
-        scheduler = spawn(stack, Proc.promptq(f"scheduler{tag}", ["scheduler"], env, log_dir))
+        scheduler = spawn(stack, Child.promptq(f"scheduler{tag}", ["scheduler"], env, log_dir))
         broker = redis.Redis(port=redis_port)
         # A first sweep that finds no broker epoch re-publishes every queued job: wait for it.
-        wait_for(lambda: bool(broker.exists(BROKER_EPOCH_KEY)), 60, "the scheduler's first sweep")
+        wait_until(lambda: bool(broker.exists(BROKER_EPOCH_KEY)), 60, "the scheduler's first sweep")
         load_started = time.perf_counter()
         worker = start_gpu_worker(stack, env, log_dir, f"gpu-worker{tag}")
         worker_start_s = time.perf_counter() - load_started
@@ -408,7 +413,7 @@ def run_promptq(
                 response.raise_for_status()
                 # Polled twice a second: each GET summarises the batch's jobs, CPU that the
                 # engine would otherwise get; the error is under 0.5 s of a minutes-long run.
-                done = wait_batch(client, response.json()["id"], args.timeout, procs, 0.5)
+                done = wait_batch(client, response.json()["id"], args.timeout, procs, interval=0.5)
                 elapsed = time.perf_counter() - start
                 cpu = meter.used()
                 split_after = group_process_cpu(worker.pid)

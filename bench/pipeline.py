@@ -33,8 +33,8 @@ import httpx
 import redis
 from celery import Celery, signals
 from common import (
+    Child,
     CpuMeter,
-    Proc,
     api_client,
     count_lines,
     create_batch,
@@ -44,13 +44,13 @@ from common import (
     make_api_key,
     proc_status_kib,
     raise_on_sigterm,
-    redis_server_binary,
+    redis_args,
     source_state,
     temp_database,
     upload,
     wait_batch,
-    wait_for,
     wait_http,
+    wait_until,
 )
 
 from promptq.constants import BROKER_EPOCH_KEY
@@ -110,7 +110,7 @@ class Services:
     db_url: str
     redis_port: int
     sim_url: str
-    procs: dict[str, Proc]
+    procs: dict[str, Child]
     env: dict[str, str]
     log_dir: Path
     work_dir: Path
@@ -119,26 +119,15 @@ class Services:
         return f"redis://127.0.0.1:{self.redis_port}/{db}"
 
 
-def spawn(stack: ExitStack, proc: Proc) -> Proc:
+def spawn(stack: ExitStack, proc: Child) -> Child:
     """Register `proc` to be stopped when `stack` closes."""
     stack.callback(proc.stop)
     return proc
 
 
-def start_redis(stack: ExitStack, log_dir: Path) -> tuple[Proc, int]:
+def start_redis(stack: ExitStack, log_dir: Path) -> tuple[Child, int]:
     port = free_port()
-    args = [
-        redis_server_binary(),
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-    ]
-    proc = spawn(stack, Proc("redis", args, {}, log_dir))
+    proc = spawn(stack, Child("redis", redis_args(port), {}, log_dir))
     client = redis.Redis(port=port, socket_timeout=1)
 
     def up() -> bool:
@@ -147,7 +136,7 @@ def start_redis(stack: ExitStack, log_dir: Path) -> tuple[Proc, int]:
         except redis.RedisError:
             return False
 
-    wait_for(up, 15, "redis")
+    wait_until(up, 15, "redis")
     return proc, port
 
 
@@ -171,7 +160,7 @@ def start_services(stack: ExitStack, log_dir: Path, work_dir: Path) -> Services:
     redis_proc, redis_port = start_redis(stack, log_dir)
     sim_port = free_port()
     sim_args = ["sim-provider", "--port", str(sim_port), "--latency-ms", "0"]
-    sim = spawn(stack, Proc.promptq("sim", sim_args, {}, log_dir))
+    sim = spawn(stack, Child.promptq("sim", sim_args, {}, log_dir))
     sim_url = f"http://127.0.0.1:{sim_port}"
     wait_http(f"{sim_url}/v1/models")
     env = {
@@ -185,33 +174,33 @@ def start_services(stack: ExitStack, log_dir: Path, work_dir: Path) -> Services:
     return Services(db_url, redis_port, sim_url, procs, env, log_dir, work_dir)
 
 
-def start_api(stack: ExitStack, svc: Services, name: str) -> tuple[Proc, str]:
+def start_api(stack: ExitStack, svc: Services, name: str) -> tuple[Child, str]:
     port = free_port()
-    proc = spawn(stack, Proc.promptq(name, ["api", "--port", str(port)], svc.env, svc.log_dir))
+    proc = spawn(stack, Child.promptq(name, ["api", "--port", str(port)], svc.env, svc.log_dir))
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/healthz")
     return proc, url
 
 
-def start_worker(stack: ExitStack, svc: Services, concurrency: int, name: str = "worker") -> Proc:
+def start_worker(stack: ExitStack, svc: Services, concurrency: int, name: str = "worker") -> Child:
     args = ["worker", "remote", "--concurrency", str(concurrency)]
-    proc = spawn(stack, Proc.promptq(name, args, svc.env, svc.log_dir))
-    wait_for(lambda: "worker.ready" in proc.output() or not proc.alive(), 60, "worker")
+    proc = spawn(stack, Child.promptq(name, args, svc.env, svc.log_dir))
+    wait_until(lambda: "worker.ready" in proc.log_text() or not proc.alive(), 60, "worker")
     if not proc.alive():
-        raise RuntimeError(f"the worker exited:\n{proc.output()}")
+        raise RuntimeError(f"the worker exited:\n{proc.log_text()}")
     return proc
 
 
 # --- part 1: promptq end to end --------------------------------------------------------------
 
 
-def start_scheduler(stack: ExitStack, svc: Services) -> Proc:
+def start_scheduler(stack: ExitStack, svc: Services) -> Child:
     """The scheduler, returned after its first sweep (which marks the broker's epoch)."""
-    proc = spawn(stack, Proc.promptq("scheduler", ["scheduler"], svc.env, svc.log_dir))
+    proc = spawn(stack, Child.promptq("scheduler", ["scheduler"], svc.env, svc.log_dir))
     broker = redis.Redis.from_url(svc.env["PROMPTQ_REDIS_URL"])
-    wait_for(lambda: bool(broker.exists(BROKER_EPOCH_KEY)) or not proc.alive(), 60, "scheduler")
+    wait_until(lambda: bool(broker.exists(BROKER_EPOCH_KEY)) or not proc.alive(), 60, "scheduler")
     if not proc.alive():
-        raise RuntimeError(f"the scheduler exited:\n{proc.output()}")
+        raise RuntimeError(f"the scheduler exited:\n{proc.log_text()}")
     return proc
 
 
@@ -332,7 +321,7 @@ def baseline_worker_main(pool: str, concurrency: int) -> None:
     )
 
 
-def start_baseline_worker(stack: ExitStack, svc: Services, pool: str, concurrency: int) -> Proc:
+def start_baseline_worker(stack: ExitStack, svc: Services, pool: str, concurrency: int) -> Child:
     counter = redis.Redis.from_url(svc.redis_url(1))
     counter.delete(READY_KEY, DONE_KEY)
     args = [
@@ -345,10 +334,10 @@ def start_baseline_worker(stack: ExitStack, svc: Services, pool: str, concurrenc
         str(concurrency),
     ]
     env = {"BENCH_REDIS_URL": svc.redis_url(1), "BENCH_SIM_URL": svc.sim_url}
-    proc = spawn(stack, Proc(f"baseline-{pool}-{concurrency}", args, env, svc.log_dir))
-    wait_for(lambda: bool(counter.exists(READY_KEY)) or not proc.alive(), 60, "baseline worker")
+    proc = spawn(stack, Child(f"baseline-{pool}-{concurrency}", args, env, svc.log_dir))
+    wait_until(lambda: bool(counter.exists(READY_KEY)) or not proc.alive(), 60, "baseline worker")
     if not proc.alive():
-        raise RuntimeError(f"the baseline worker exited:\n{proc.output()}")
+        raise RuntimeError(f"the baseline worker exited:\n{proc.log_text()}")
     return proc
 
 
@@ -376,7 +365,9 @@ def run_baseline(svc: Services, prompts: int, pool: str, concurrency: int) -> di
         meter = CpuMeter({"worker": worker, **svc.procs})
         start = time.perf_counter()
         send_s = send_baseline(app, prompts)
-        wait_for(lambda: int(counter.get(DONE_KEY) or 0) >= prompts, 600, "baseline", 0.02)
+        wait_until(
+            lambda: int(counter.get(DONE_KEY) or 0) >= prompts, 600, "baseline", interval=0.02
+        )
         elapsed = time.perf_counter() - start
         cpu = meter.used()
     return {

@@ -20,7 +20,7 @@ from rich.console import Console
 
 from promptq.client import Client
 from promptq.config import Settings
-from promptq.embedded import Child, free_port, redis_binary, wait_until
+from promptq.embedded import Child, free_port, redis_args, wait_until
 from promptq.submit import follow
 
 __all__ = ["run_demo"]
@@ -96,24 +96,7 @@ def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
         "VLLM_LOGGING_LEVEL": "WARNING",
     }
     with ExitStack() as stack:
-        redis = Child(
-            "redis",
-            [
-                redis_binary(),
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(home),
-            ],
-            {},
-            logs,
-        )
+        redis = Child("redis", redis_args(redis_port, home), {}, logs)
         stack.callback(redis.stop)
         from promptq.migrate import upgrade
 

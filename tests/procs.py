@@ -1,27 +1,17 @@
-"""Real processes for the tests: the same child-process helpers the demo uses."""
+"""Real processes for the tests: the same child-process and polling helpers the demo and
+the benchmarks use (promptq.embedded)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-import httpx
+from promptq.embedded import Child, free_port, poll_until, redis_args, wait_http, wait_until
 
-from promptq.embedded import Child, free_port, redis_binary, wait_until
-
-__all__ = ["Child", "free_port", "redis_binary", "wait_for", "wait_http"]
+__all__ = ["Child", "free_port", "poll_until", "redis_args", "wait_for", "wait_http"]
 
 
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.1
 ) -> None:
+    """Poll `predicate` until true (promptq.embedded.wait_until, polling more often)."""
     wait_until(predicate, timeout, what, interval=interval)
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    def up() -> bool:
-        try:
-            return httpx.get(url, timeout=1.0).status_code < 500
-        except httpx.HTTPError:
-            return False
-
-    wait_until(up, timeout, url)

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from promptq.db import Database, create_sync_engine
 from promptq.keys import create_key
 from promptq.migrate import upgrade
-from tests.procs import Child, free_port, redis_binary, wait_for, wait_http
+from tests.procs import Child, free_port, redis_args, wait_for, wait_http
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -64,18 +64,7 @@ class RedisServer:
         self.start()
 
     def start(self) -> None:
-        args = [
-            redis_binary(),
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ]
-        self.proc = Child("redis", args, {}, self.log_dir)
+        self.proc = Child("redis", redis_args(self.port), {}, self.log_dir)
         wait_for(self.ping, 15, "redis")
 
     def ping(self) -> bool:

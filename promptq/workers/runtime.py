@@ -35,11 +35,24 @@ from promptq.workers.completion import Backend, Completion, JobRequest, chat_com
 from promptq.workers.result_writer import ResultWriter
 from promptq.workers.supervisor import Supervisor
 
-__all__ = ["BackendFactory", "WorkerRuntime", "worker_id"]
+__all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 BackendFactory = Callable[[ModelEntry], Awaitable[Backend]]
+
+
+def has_room(
+    step: int, alone: bool, *, running: int, admitting: int, alone_running: bool, max_in_flight: int
+) -> bool:
+    """Admission: whether a chunk at Redis priority `step` may be claimed now. Nothing while
+    a suspected poison job runs alone; such a job (`alone`) only when nothing else runs or
+    is being admitted; interactive chunks at once; bulk chunks while under max_in_flight."""
+    if alone_running:
+        return False
+    if alone:
+        return not running and not admitting
+    return step < BULK_BAND or running < max_in_flight
 
 
 def worker_id(kind: str) -> str:
@@ -192,11 +205,14 @@ class WorkerRuntime:
         return self._results
 
     def _has_room(self, step: int, alone: bool) -> bool:
-        if self._alone:
-            return False
-        if alone:
-            return not self._running and not self._admitting
-        return step < BULK_BAND or len(self._running) < self.max_in_flight
+        return has_room(
+            step,
+            alone,
+            running=len(self._running),
+            admitting=self._admitting,
+            alone_running=self._alone,
+            max_in_flight=self.max_in_flight,
+        )
 
     async def admit_here(self, job_ids: list[str], step: int, alone: bool) -> int:
         """`admit`, on the runtime's loop."""

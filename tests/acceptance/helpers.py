@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tests.procs import poll_until
+
+#: A job or a batch in one of these states will not change again.
+JOB_DONE = ("succeeded", "failed", "cancelled", "expired")
+BATCH_DONE = ("completed", "failed", "expired", "cancelled")
 
 
 def chat_line(custom_id: str, text: str, model: str = "sim-gpt", **body: Any) -> str:
@@ -31,16 +36,31 @@ def wait_batch(
     client: httpx.Client,
     batch_id: str,
     timeout: float = 120,
-    until: tuple[str, ...] = ("completed", "failed", "expired", "cancelled"),
+    until: tuple[str, ...] = BATCH_DONE,
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    batch: dict[str, Any] = {}
-    while time.monotonic() < deadline:
-        batch = client.get(f"/v1/batches/{batch_id}").json()
-        if batch["status"] in until:
-            return batch
-        time.sleep(0.2)
-    raise TimeoutError(f"batch {batch_id} is still {batch.get('status')}: {batch}")
+    """The batch once its status is one of `until` (by default: once it ended)."""
+    batch: dict[str, Any] = poll_until(
+        lambda: client.get(f"/v1/batches/{batch_id}").json(),
+        lambda b: b["status"] in until,
+        timeout,
+        f"batch {batch_id}",
+        interval=0.1,
+    )
+    return batch
+
+
+def wait_job(
+    client: httpx.Client, job_id: str, timeout: float = 60, until: tuple[str, ...] = JOB_DONE
+) -> dict[str, Any]:
+    """The job once its status is one of `until` (by default: once it ended)."""
+    job: dict[str, Any] = poll_until(
+        lambda: client.get(f"/v1/jobs/{job_id}").json(),
+        lambda j: j["status"] in until,
+        timeout,
+        f"job {job_id}",
+        interval=0.1,
+    )
+    return job
 
 
 def read_file(client: httpx.Client, file_id: str | None) -> list[dict[str, Any]]:

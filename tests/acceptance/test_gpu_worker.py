@@ -3,14 +3,20 @@ real tokens, priorities inside the engine, a prompt too long failing alone."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.acceptance.helpers import chat_line, read_file, upload_and_run, wait_batch, write_jsonl
+from tests.acceptance.helpers import (
+    chat_line,
+    read_file,
+    upload_and_run,
+    wait_batch,
+    wait_job,
+    write_jsonl,
+)
 from tests.conftest import stack_env
 from tests.procs import wait_for
 from tests.stack import RedisServer, Stack, create_database, drop_database, make_key
@@ -127,10 +133,7 @@ def test_an_urgent_job_overtakes_a_running_bulk_batch(gpu: httpx.Client, tmp_pat
             "messages": [{"role": "user", "content": "Say hello."}],
         },
     ).json()
-    deadline = time.monotonic() + 120
-    while (job := gpu.get(f"/v1/jobs/{urgent['id']}").json())["status"] in ("queued", "running"):
-        assert time.monotonic() < deadline, job
-        time.sleep(0.1)
+    job = wait_job(gpu, urgent["id"], timeout=120)
     # Then it finishes while most of the backlog is still waiting
     done = gpu.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"]
     assert job["status"] == "succeeded", job

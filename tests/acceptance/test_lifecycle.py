@@ -1,24 +1,36 @@
-"""Cancelling keeps finished results; listing pages through batches; readiness."""
+"""Cancelling (a batch keeps its finished results; a running job ends at once and its
+webhook is told); listing pages through batches; readiness; expiry; retry."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import httpx
+from standardwebhooks import Webhook
 
-from tests.acceptance.helpers import chat_line, read_file, upload_and_run, wait_batch, write_jsonl
-from tests.conftest import make_key
+from tests.acceptance.helpers import (
+    chat_line,
+    read_file,
+    upload_and_run,
+    wait_batch,
+    wait_job,
+    write_jsonl,
+)
+from tests.conftest import WEBHOOK_SECRET, make_key
+from tests.procs import poll_until
+from tests.webhook_receiver import receiver
 
 
 def test_cancel_keeps_finished_results(client: httpx.Client, pipeline: str, tmp_path: Path) -> None:
     # Given a batch of slow lines, some of which have finished
     lines = [chat_line(f"c-{i}", f"slow {i} [[sim:sleep=0.4]]") for i in range(400)]
     batch = upload_and_run(client, write_jsonl(tmp_path / "slow.jsonl", lines))
-    deadline = time.monotonic() + 60
-    while client.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"] < 20:
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    poll_until(
+        lambda: client.get(f"/v1/batches/{batch['id']}").json()["request_counts"]["completed"],
+        lambda completed: completed >= 20,
+        60,
+        "20 finished lines",
+    )
     # When it is cancelled
     cancelled = client.post(f"/v1/batches/{batch['id']}/cancel")
     assert cancelled.status_code == 200
@@ -36,14 +48,28 @@ def test_cancel_keeps_finished_results(client: httpx.Client, pipeline: str, tmp_
     assert len({x["custom_id"] for x in output + errors}) == 400
 
 
-def test_a_queued_job_can_be_cancelled(client: httpx.Client, api_url: str) -> None:
-    # Given a job nobody will run soon (no worker is required for this test)
-    body = {"model": "sim-gpt", "messages": [{"role": "user", "content": "later"}], "priority": 9}
-    job = client.post("/v1/jobs", json=body).json()
-    # When it is cancelled
-    cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
-    # Then it is cancelled, or it had already finished
-    assert cancelled["status"] in ("cancelled", "succeeded")
+def test_cancelling_a_running_job_ends_it_at_once_and_announces_it(
+    client: httpx.Client, pipeline: str
+) -> None:
+    # Given a running job, which its provider takes 10 s to answer, with a webhook
+    with receiver() as hooks:
+        body = {
+            "model": "sim-gpt",
+            "messages": [{"role": "user", "content": "slow [[sim:sleep=10]]"}],
+            "webhook_url": f"{hooks.url}/cancelled",
+        }
+        job = client.post("/v1/jobs", json=body).json()
+        wait_job(client, job["id"], until=("running",))
+        # When it is cancelled
+        cancelled = client.post(f"/v1/jobs/{job['id']}/cancel").json()
+        # Then it is cancelled at once, says why, and its webhook is told
+        assert (cancelled["status"], cancelled["error"]["code"]) == ("cancelled", "job_cancelled")
+        (delivery,) = hooks.wait("/cancelled", 1)
+    event = Webhook(WEBHOOK_SECRET).verify(delivery.body, delivery.headers)
+    assert (event["type"], event["data"]["id"]) == ("job.cancelled", job["id"])
+    assert event["data"]["status"] == "cancelled"
+    # And cancelling it again changes nothing
+    assert client.post(f"/v1/jobs/{job['id']}/cancel").json() == cancelled
 
 
 def test_batches_list_newest_first_in_pages(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from decimal import Decimal
 from pathlib import Path
@@ -12,8 +11,17 @@ import httpx
 import openai
 import pytest
 
-from tests.acceptance.helpers import chat_line, read_file, upload_and_run, wait_batch, write_jsonl
+from tests.acceptance.helpers import (
+    BATCH_DONE,
+    chat_line,
+    read_file,
+    upload_and_run,
+    wait_batch,
+    wait_job,
+    write_jsonl,
+)
 from tests.conftest import SIM_PRICES
+from tests.procs import poll_until
 
 
 @pytest.fixture
@@ -46,11 +54,13 @@ def test_a_thousand_line_batch_through_the_openai_sdk(sdk: openai.OpenAI, tmp_pa
         completion_window="24h",
         metadata={"job": "docs"},
     )
-    deadline = time.monotonic() + 180
-    while batch.status not in ("completed", "failed", "expired", "cancelled"):
-        assert time.monotonic() < deadline, batch
-        time.sleep(0.5)
-        batch = sdk.batches.retrieve(batch.id)
+    batch = poll_until(
+        lambda: sdk.batches.retrieve(batch.id),
+        lambda b: b.status in BATCH_DONE,
+        180,
+        f"batch {batch.id}",
+        interval=0.5,
+    )
     # Then every custom_id appears exactly once across the output and error files
     assert batch.status == "completed"
     output = [json.loads(x) for x in sdk.files.content(batch.output_file_id).text.splitlines()]
@@ -88,7 +98,7 @@ def test_transient_429_and_500_are_retried_until_they_succeed(
         body = {"model": "sim-gpt", "messages": [{"role": "user", "content": f"x {directive}"}]}
         ids.append(client.post("/v1/jobs", json=body).json()["id"])
     # When they run
-    jobs = [_poll(client, job_id) for job_id in ids]
+    jobs = [wait_job(client, job_id) for job_id in ids]
     # Then both succeed on their third attempt
     assert [(j["status"], j["attempts"]) for j in jobs] == [("succeeded", 3), ("succeeded", 3)]
 
@@ -97,7 +107,7 @@ def test_a_terminal_provider_error_fails_the_job_at_once(
     client: httpx.Client, pipeline: str
 ) -> None:
     body = {"model": "sim-claude", "messages": [{"role": "user", "content": "[[sim:status=401]]"}]}
-    job = _poll(client, client.post("/v1/jobs", json=body).json()["id"])
+    job = wait_job(client, client.post("/v1/jobs", json=body).json()["id"])
     assert (job["status"], job["attempts"], job["error"]["code"]) == ("failed", 1, "provider_error")
     assert "401" in job["error"]["message"]
 
@@ -133,13 +143,3 @@ def test_anthropic_models_answer_in_the_chat_completion_shape(
     assert body["choices"][0]["finish_reason"] == "length"
     assert body["usage"]["completion_tokens"] == 5
     assert output["s"]["response"]["body"]["choices"][0]["message"]["content"]
-
-
-def _poll(client: httpx.Client, job_id: str) -> dict:  # type: ignore[type-arg]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job  # type: ignore[no-any-return]
-        time.sleep(0.1)
-    raise TimeoutError(job_id)

@@ -2,23 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from decimal import Decimal
-from typing import Any
 
 import httpx
 
+from tests.acceptance.helpers import wait_job
 from tests.conftest import SIM_PRICES
-
-
-def poll_job(client: httpx.Client, job_id: str, timeout: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/v1/jobs/{job_id}").json()
-        if job["status"] not in ("queued", "running"):
-            return job
-        time.sleep(0.1)
-    raise TimeoutError(f"job {job_id} still {job['status']}")
 
 
 def test_a_job_runs_end_to_end_with_usage_and_cost(client: httpx.Client, pipeline: str) -> None:
@@ -31,7 +20,7 @@ def test_a_job_runs_end_to_end_with_usage_and_cost(client: httpx.Client, pipelin
     # When it is submitted and polled
     created = client.post("/v1/jobs", json=body)
     assert created.status_code == 202, created.text
-    job = poll_job(client, created.json()["id"])
+    job = wait_job(client, created.json()["id"])
     # Then it succeeded with the provider's text, usage and the models file's price
     assert job["status"] == "succeeded", job
     assert job["result"]["content"]

@@ -5,16 +5,20 @@ addresses."""
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 from standardwebhooks import Webhook
 
+from promptq.db import create_sync_engine
+from promptq.models import WebhookEvent
 from tests.acceptance.helpers import chat_line, upload_and_run, wait_batch, write_jsonl
 from tests.conftest import WEBHOOK_SECRET
+from tests.procs import poll_until
 from tests.webhook_receiver import Receiver, receiver
 
 
@@ -33,16 +37,55 @@ def _job(text: str, webhook_url: str) -> dict[str, object]:
     }
 
 
+def _events(pg_url: str, about: str) -> list[dict[str, Any]]:
+    """The outbox rows of the events about one job or batch."""
+    engine = create_sync_engine(pg_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(WebhookEvent.id, WebhookEvent.status, WebhookEvent.attempts).where(
+                    WebhookEvent.payload["data"]["id"].as_string() == about
+                )
+            )
+            return [dict(row._mapping) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def _delivered(pg_url: str, event_id: str) -> dict[str, Any]:
+    """The outbox row of an event, once it is delivered."""
+
+    def fetch() -> dict[str, Any]:
+        engine = create_sync_engine(pg_url)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(
+                    sa.select(WebhookEvent.status, WebhookEvent.attempts).where(
+                        WebhookEvent.id == event_id
+                    )
+                ).one()
+                return dict(row._mapping)
+        finally:
+            engine.dispose()
+
+    row: dict[str, Any] = poll_until(
+        fetch, lambda r: r["status"] == "delivered", 30, f"event {event_id} delivered"
+    )
+    return row
+
+
 def test_a_job_webhook_is_retried_under_one_id_until_the_receiver_accepts_it(
-    client: httpx.Client, pipeline: str
+    client: httpx.Client, pipeline: str, pg_url: str
 ) -> None:
     # Given a receiver that answers 500 three times, then 200
     with receiver(fail_first=3) as hooks:
         # When a job with a webhook_url succeeds
         job = client.post("/v1/jobs", json=_job("Say hi.", f"{hooks.url}/jobs")).json()
-        attempts = hooks.wait("/jobs", 4)
-        time.sleep(1)  # a fifth delivery would arrive now
+        first = hooks.wait("/jobs", 4)[0]
+        # Once its outbox row says delivered, the relay never sends it again
+        row = _delivered(pg_url, first.headers["webhook-id"])
         attempts = hooks.for_path("/jobs")
+    assert row["attempts"] == 4
     # Then it saw four attempts of one event, each signed, the last one accepted
     assert [a.answered for a in attempts] == [500, 500, 500, 200]
     assert len({a.headers["webhook-id"] for a in attempts}) == 1
@@ -67,7 +110,7 @@ def test_a_failed_job_sends_job_failed(
 
 
 def test_a_batch_sends_one_completed_event_with_its_counts(
-    client: httpx.Client, pipeline: str, hooks: Receiver, tmp_path: Path
+    client: httpx.Client, pipeline: str, hooks: Receiver, tmp_path: Path, pg_url: str
 ) -> None:
     # Given a batch of three lines, one of them invalid, with a webhook_url
     lines = [chat_line("a", "one"), chat_line("b", "two"), "{not json"]
@@ -76,8 +119,10 @@ def test_a_batch_sends_one_completed_event_with_its_counts(
     batch = upload_and_run(client, path, webhook_url=f"{hooks.url}/batch")
     assert wait_batch(client, batch["id"])["status"] == "completed"
     hooks.wait("/batch", 1)
-    time.sleep(2.5)  # sweeps and relay polls that could send a second event
-    # Then exactly one event arrived (none per line), with the batch and its counts
+    # Then the batch has exactly one event (none per line; a finalized batch is never
+    # finalized again), delivered once, with the batch and its counts
+    (row,) = _events(pg_url, batch["id"])
+    _delivered(pg_url, row["id"])
     (delivery,) = hooks.for_path("/batch")
     event = Webhook(WEBHOOK_SECRET).verify(delivery.body, delivery.headers)
     assert event["type"] == "batch.completed"

@@ -123,8 +123,11 @@ async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
         for i in range(bulk)
     ]
     backlog = [asyncio.create_task(run(request)) for request in bulk_jobs]
-    # Let every bulk request reach the engine before the urgent one is submitted.
-    await asyncio.sleep(1.0)
+    # Every bulk request is in the engine before the urgent one is submitted (polled: the
+    # engine's own count of unfinished requests; each poll yields to the requests' tasks).
+    async with asyncio.timeout(60):
+        while engine._engine.get_num_unfinished_requests() < bulk:  # noqa: ASYNC110 (no event)
+            await asyncio.sleep(0.01)
     urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=8))
     await asyncio.gather(*backlog)
     assert urgent.content
