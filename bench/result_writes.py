@@ -22,8 +22,8 @@ from typing import Any
 from common import machine_info, source_state, temp_database
 
 from promptq.db import Database
-from promptq.jobs import ClaimedJob, JobOutcome, claim, record_finished
-from promptq.models import Job, JobStatus
+from promptq.jobs import ClaimedJob, JobOutcome, claim, record_finished, submit
+from promptq.models import Job, utcnow
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 # About what the simulated provider answers for one bench prompt.
@@ -51,20 +51,18 @@ OUTCOME = JobOutcome(
 
 async def _running_jobs(db: Database, n: int) -> list[ClaimedJob]:
     async with db.session() as session:
-        session.add_all(
-            Job(
+        for i in range(n):
+            job = Job(
                 id=f"job_{i}",
                 tenant="bench",
                 model="sim-gpt",
                 queue="q",
-                status=JobStatus.QUEUED,
                 body={"messages": [{"role": "user", "content": f"Summarise document {i}."}]},
                 priority=5,
-                attempts=0,
                 max_attempts=3,
+                created_at=utcnow(),
             )
-            for i in range(n)
-        )
+            submit(session, job)  # stored as POST /v1/jobs stores it
         await session.commit()
         jobs: list[ClaimedJob] = []
         for start in range(0, n, 32):
