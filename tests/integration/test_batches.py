@@ -100,7 +100,9 @@ async def test_cancel_ends_queued_lines_and_a_page_is_summarised_in_one_query(
     kept = await _batch(any_db, catalog, _line("a"))
     dropped = await _batch(any_db, catalog, _line("x"), _line("y"))
     async with any_db.session() as session:
-        await cancel_batch(session, dropped)
+        loaded = await session.get(Batch, dropped.id)
+        assert loaded is not None
+        dropped = await cancel_batch(session, loaded)
     line = await get_job(any_db, _job_id(dropped, 1))
     assert (dropped.status, line.error_code) == (BatchStatus.CANCELLED, "batch_cancelled")
     # When the page is summarised at once (and a batch id with no lines is asked too)
