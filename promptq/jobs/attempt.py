@@ -24,6 +24,22 @@ class ClaimedJob:
     owner: str
     webhook_url: str | None = None
 
+    @classmethod
+    def claimed(cls, row: Any, owner: str) -> ClaimedJob:
+        """The job as the claim's RETURNING row describes it (`attempts` is this attempt)."""
+        return cls(
+            id=row.id,
+            tenant=row.tenant,
+            batch_id=row.batch_id,
+            model=row.model or "",
+            body=row.body or {},
+            priority=row.priority,
+            attempt=row.attempts,
+            max_attempts=row.max_attempts,
+            owner=owner,
+            webhook_url=row.webhook_url,
+        )
+
     def next_attempt(self) -> ClaimedJob:
         """The same lease, counted as the following attempt."""
         return replace(self, attempt=self.attempt + 1)

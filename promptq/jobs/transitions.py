@@ -177,21 +177,7 @@ async def claim(
     )
     rows = (await session.execute(stmt)).all()
     await session.commit()
-    return [
-        ClaimedJob(
-            id=r.id,
-            tenant=r.tenant,
-            batch_id=r.batch_id,
-            model=r.model or "",
-            body=r.body or {},
-            priority=r.priority,
-            attempt=r.attempts,
-            max_attempts=r.max_attempts,
-            owner=owner,
-            webhook_url=r.webhook_url,
-        )
-        for r in rows
-    ]
+    return [ClaimedJob.claimed(row, owner) for row in rows]
 
 
 async def renew(session: AsyncSession, owner: str, lease_seconds: float) -> int:

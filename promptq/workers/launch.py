@@ -28,7 +28,7 @@ from promptq.workers.completion import Backend
 from promptq.workers.gpu_worker import gpu_in_flight, make_gpu_backend
 from promptq.workers.remote_worker import make_http_session, make_remote_backend
 from promptq.workers.runtime import WorkerRuntime
-from promptq.workers.side_tasks import BEATS_TO_LIVE
+from promptq.workers.side_tasks import BEATS_TO_LIVE, beat_interval
 
 __all__ = ["check_workers", "remote_runtime", "run_gpu_worker", "run_remote_worker", "serve"]
 
@@ -178,7 +178,7 @@ def run_gpu_worker(
 def check_workers(settings: Settings, kind: str) -> int:
     """The health probe: 0 and a line per worker if a `kind` worker beat recently, else 1.
     A worker beats every min(lease_seconds / 3, 10) seconds."""
-    max_age = min(settings.lease_seconds / 3, 10.0) * BEATS_TO_LIVE
+    max_age = beat_interval(settings) * BEATS_TO_LIVE
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
     try:
         alive = live_workers(client, kind, max_age)

@@ -144,7 +144,7 @@ class WorkerRuntime:
     @property
     def heartbeat_seconds(self) -> float:
         """How often leases are renewed and the worker's record in Redis is refreshed."""
-        return min(self.settings.lease_seconds / 3, 10.0)
+        return side_tasks.beat_interval(self.settings)
 
     def snapshot(self) -> dict[str, Any]:
         """What the heartbeat logs and `promptq worker --check` shows."""

@@ -19,15 +19,21 @@ from promptq.queues import queue_step
 from promptq.workers import beacon
 
 if TYPE_CHECKING:
+    from promptq.config import Settings
     from promptq.workers.runtime import WorkerRuntime
 
-__all__ = ["batch_checker", "drain", "forget_beat", "heartbeat"]
+__all__ = ["BEATS_TO_LIVE", "batch_checker", "beat_interval", "drain", "forget_beat", "heartbeat"]
 
 log = structlog.get_logger(__name__)
 
 #: A worker's record outlives this many missed beats; `--check` allows as many.
 BEATS_TO_LIVE = 3
 _BATCH_CHECK_SECONDS = 0.5
+
+
+def beat_interval(settings: Settings) -> float:
+    """Seconds between heartbeats: a third of the lease, at most 10 s."""
+    return min(settings.lease_seconds / 3, 10.0)
 
 
 async def heartbeat(runtime: WorkerRuntime) -> None:
