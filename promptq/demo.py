@@ -21,7 +21,7 @@ from rich.console import Console
 from promptq.client import Client
 from promptq.config import Settings
 from promptq.embedded import Child, free_port, redis_binary, wait_until
-from promptq.submit import follow
+from promptq.progress import follow
 
 __all__ = ["run_demo"]
 
