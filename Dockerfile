@@ -14,8 +14,11 @@ COPY alembic ./alembic
 COPY promptq ./promptq
 RUN PROMPTQ_EXTRAS="$EXTRAS" bin/bootstrap
 # /var/lib/promptq holds the secrets a deployment generates on first start (see
-# bin/docker-entrypoint); compose mounts a volume there.
-RUN useradd --create-home promptq && install -d -o promptq /var/lib/promptq
+# bin/docker-entrypoint); the model caches hold converted and downloaded models. Compose
+# mounts volumes on all three; made here so the volumes start owned by promptq.
+RUN useradd --create-home promptq \
+ && mkdir -p /var/lib/promptq /home/promptq/.promptq/models /home/promptq/.cache/huggingface \
+ && chown -R promptq /var/lib/promptq /home/promptq
 USER promptq
 ENTRYPOINT ["/app/bin/docker-entrypoint"]
 CMD ["api", "--host", "0.0.0.0", "--port", "8000"]

@@ -140,6 +140,19 @@ def test_mounted_files_exist_and_the_default_model_is_served_by_compose(
     assert gpu_model.backend is Backend.VLLM
 
 
+def test_volumes_mount_on_directories_the_image_gives_to_its_user(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    # A named volume starts with the ownership of the image's directory; one the image does
+    # not make would be root's, and promptq (not root) could not write to it.
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    for name, service in promptq_services(services).items():
+        for volume in service.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            if not source.startswith((".", "/")):
+                assert target in dockerfile, (name, volume)
+
+
 def test_the_image_runs_promptq_through_the_entrypoint() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'ENTRYPOINT ["/app/bin/docker-entrypoint"]' in dockerfile
