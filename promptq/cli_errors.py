@@ -13,6 +13,7 @@ import httpx
 from pydantic import ValidationError
 
 from promptq.client import ApiError
+from promptq.embedded import ServiceFailed
 from promptq.errors import ConfigError
 
 __all__ = ["debug_requested", "describe", "fail"]
@@ -83,7 +84,7 @@ def describe(exc: BaseException) -> str:
         return f"no such file: {exc.filename}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror}: {exc.filename}"
-    if isinstance(exc, ConfigError):
+    if isinstance(exc, ConfigError | ServiceFailed):
         return str(exc)
     if isinstance(exc, ValidationError):
         return _settings_error(exc)

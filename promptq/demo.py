@@ -11,7 +11,7 @@ import json
 import shutil
 import subprocess
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +22,7 @@ from rich.console import Console
 
 from promptq.client import Client
 from promptq.config import Settings
-from promptq.embedded import Child, free_port, redis_binary, wait_until
+from promptq.embedded import Child, ServiceFailed, free_port, redis_binary, wait_until
 from promptq.errors import ConfigError
 from promptq.progress import follow
 
@@ -173,15 +173,21 @@ def _services(console: Console, home: Path, device: str) -> Iterator[DemoEnv]:
         scheduler = Child.promptq("scheduler", ["scheduler"], env, logs)
         stack.callback(scheduler.stop)
         api_url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: _ready(api_url), 60, "the API", api.alive)
+        _wait(lambda: _ready(api_url), 60, api)
         loading = f"Loading the model into vLLM on the {device} (the first run converts it, ~1 min)"
         with console.status(loading):
-            wait_until(
-                lambda: "worker.ready" in worker.log_text(), 900, "the GPU worker", worker.alive
-            )
+            _wait(lambda: "worker.ready" in worker.log_text(), 900, worker)
         console.print(f"[green]services up[/green]: model on the {device}; logs in {logs}")
         yield DemoEnv(home=home, env=env, api_url=api_url)
         console.print("shutting down ...")
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, child: Child) -> None:
+    """Wait for a child to be ready; if it dies or hangs, say where its log is."""
+    try:
+        wait_until(predicate, timeout, f"the {child.name}", child.alive)
+    except (ServiceFailed, TimeoutError) as exc:
+        raise ServiceFailed(f"{exc}; its log: {child.log_path}") from None
 
 
 def _ready(url: str) -> bool:

@@ -78,6 +78,8 @@ def batch_summary(batch: dict[str, Any], codes: Counter[str] | None = None) -> s
     ]
     if codes is not None:
         lines.append(f"  failures   {_codes(codes)}")
+        if counts["failed"] and not codes and not batch.get("error_file_id"):
+            lines[-1] = f"  failures   {counts['failed']} (codes: in the error file, once written)"
     lines += [
         f"  tokens     {usage.get('input_tokens', 0)} prompt + "
         f"{usage.get('output_tokens', 0)} completion",

@@ -77,6 +77,11 @@ def test_validation_errors_count_when_there_is_no_error_file() -> None:
     assert failure_codes(batch, []) == {"missing_custom_id": 1}
 
 
+def test_failures_of_a_running_batch_are_counted_before_their_codes_are_known() -> None:
+    text = batch_summary(BATCH, failure_codes(BATCH, []))
+    assert "failures   12345 (codes: in the error file, once written)" in text
+
+
 def test_a_job_summary_shows_its_error() -> None:
     job = {
         "id": "job_1",
