@@ -6,6 +6,7 @@ summarised and classified through the API; results land in a JSONL file."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import shutil
@@ -182,6 +183,22 @@ def _services(console: Console, home: Path, device: str) -> Iterator[DemoEnv]:
         console.print("shutting down ...")
 
 
+@contextmanager
+def _exclusive(console: Console, home: Path) -> Iterator[None]:
+    """One demo at a time per home: each starts by clearing the last one's logs and database."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "demo.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"another promptq demo is running in {home}; waiting for it to end")
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def _wait(predicate: Callable[[], bool], timeout: float, child: Child) -> None:
     """Wait for a child to be ready; if it dies or hangs, say where its log is."""
     try:
@@ -271,7 +288,7 @@ def run_demo(*, documents: int | None, output: Path) -> int:
     home = settings.home / "demo"
     docs = _documents(documents)
     device = engine_host()
-    with _services(console, home, device) as demo:
+    with _exclusive(console, home), _services(console, home, device) as demo:
         client = Client(demo.api_url, _api_key(demo.env))
         try:
             upload = client.upload(_batch_file(docs, home / "documents-batch.jsonl"))
