@@ -12,8 +12,7 @@ from typing import NoReturn
 import httpx
 from pydantic import ValidationError
 
-from promptq.client import ApiError
-from promptq.embedded import ServiceFailed
+from promptq.client import ApiAnswerError
 from promptq.errors import ConfigError
 
 __all__ = ["debug_requested", "describe", "fail"]
@@ -30,7 +29,7 @@ def debug_requested() -> bool:
     return "--debug" in sys.argv[1:] or os.environ.get("PROMPTQ_DEBUG", "") not in ("", "0")
 
 
-def _api_error(exc: ApiError) -> str:
+def _api_error(exc: ApiAnswerError) -> str:
     hint = _HINTS.get(exc.status_code)
     message = f"the API answered {exc.status_code} {exc.code}: {exc.message}"
     return f"{message} ({hint})" if hint else message
@@ -76,7 +75,7 @@ def _service_error(exc: Exception) -> str | None:
 
 def describe(exc: BaseException) -> str:
     """One line for the user about `exc`."""
-    if isinstance(exc, ApiError):
+    if isinstance(exc, ApiAnswerError):
         return _api_error(exc)
     if isinstance(exc, httpx.TransportError):
         return _unreachable(exc)
@@ -84,6 +83,8 @@ def describe(exc: BaseException) -> str:
         return f"no such file: {exc.filename}"
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror}: {exc.filename}"
+    from promptq.demo import ServiceFailed
+
     if isinstance(exc, ConfigError | ServiceFailed):
         return str(exc)
     if isinstance(exc, ValidationError):

@@ -9,12 +9,12 @@ from typing import Any, BinaryIO
 
 import httpx
 
-__all__ = ["TERMINAL_BATCH", "ApiError", "Client"]
+__all__ = ["TERMINAL_BATCH", "ApiAnswerError", "Client"]
 
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
 
 
-class ApiError(RuntimeError):
+class ApiAnswerError(RuntimeError):
     """promptq's API answered with an error (its JSON `code` and `message` when it sent them)."""
 
     def __init__(self, status_code: int, code: str, message: str) -> None:
@@ -44,7 +44,7 @@ class Client:
                 code, message = str(error["code"]), str(error["message"])
             except (ValueError, KeyError, TypeError):
                 code, message = "http_error", " ".join(response.text[:300].split())
-            raise ApiError(response.status_code, code, message)
+            raise ApiAnswerError(response.status_code, code, message)
         data: dict[str, Any] = response.json()
         return data
 

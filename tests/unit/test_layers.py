@@ -19,9 +19,12 @@ DELIVERY = ("promptq.scheduler", "promptq.workers")
 ENTRY = (
     "promptq.__main__",
     "promptq.cli",
+    "promptq.cli_errors",
     "promptq.client",
     "promptq.demo",
+    "promptq.progress",
     "promptq.submit",
+    "promptq.summary",
     "promptq.sim_provider",
 )
 #: Libraries of the layers above: a domain module must not need them.
