@@ -32,6 +32,9 @@ app = _Cli(
     help="promptq: queue-backed asynchronous jobs for LLM prompts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped at 100 columns in the source; markdown re-flows their
+    # paragraphs to the terminal's width instead of breaking lines where the source does.
+    rich_markup_mode="markdown",
 )
 worker_app = typer.Typer(help="Run a worker.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
