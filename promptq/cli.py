@@ -9,7 +9,6 @@ from typing import Annotated, Any
 
 import typer
 
-from promptq.cli_errors import debug_requested, fail
 from promptq.config import get_settings
 from promptq.logs import configure_logging
 
@@ -23,6 +22,8 @@ class _Cli(typer.Typer):
         except KeyboardInterrupt:
             raise SystemExit(130) from None
         except Exception as exc:
+            from promptq.cli_errors import debug_requested, fail
+
             if debug_requested():
                 raise
             fail(exc)

@@ -36,6 +36,15 @@ def assert_one_line_error(done: subprocess.CompletedProcess[str], *expected: str
         assert text in lines[0], lines[0]
 
 
+def test_help_reflows_docstrings_instead_of_breaking_them_where_the_source_does() -> None:
+    done = promptq("demo", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "on vLLM (on the GPU if there is one), and 200 news snippets" in text
+    line = next(x for x in done.stdout.splitlines() if "An embedded Redis" in x)
+    assert "if there is one" in line, done.stdout
+
+
 def test_submit_wait_status_and_results(pipeline: str, api_key: str, tmp_path: Path) -> None:
     # Given a JSONL file whose lines name no model, and --model to fill it in
     lines = [chat_line(f"c-{i}", f"cli line {i}", model="placeholder") for i in range(20)]
@@ -166,12 +175,3 @@ def test_provider_keys_never_leave_the_environment(
     assert SIM_KEY not in client.get("/openapi.json").text
     for child in stack.children:
         assert SIM_KEY not in child.log_text(), child.name
-
-
-def test_help_reflows_docstrings_instead_of_breaking_them_where_the_source_does() -> None:
-    done = promptq("demo", "--help", env={"COLUMNS": "200", "TERM": "dumb"})
-    assert done.returncode == 0, done.stderr
-    text = " ".join(done.stdout.split())
-    assert "on vLLM (on the GPU if there is one), and 200 news snippets" in text
-    line = next(x for x in done.stdout.splitlines() if "An embedded Redis" in x)
-    assert "if there is one" in line, done.stdout

@@ -19,13 +19,14 @@ DELIVERY = ("promptq.scheduler", "promptq.workers")
 ENTRY = (
     "promptq.__main__",
     "promptq.cli",
-    "promptq.cli_errors",
     "promptq.client",
     "promptq.demo",
-    "promptq.progress",
     "promptq.submit",
-    "promptq.summary",
     "promptq.sim_provider",
+    # The CLI's errors, progress bar and summaries.
+    "promptq.cli_errors",
+    "promptq.progress",
+    "promptq.summary",
 )
 #: Libraries of the layers above: a domain module must not need them.
 WEB_AND_QUEUE_LIBRARIES = ("fastapi", "starlette", "celery", "kombu", "uvicorn")
