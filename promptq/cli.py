@@ -5,17 +5,37 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from promptq.config import get_settings
 from promptq.logs import configure_logging
 
-app = typer.Typer(
+
+class _Cli(typer.Typer):
+    """The command: failures a user can fix are one line on stderr (see promptq.cli_errors)."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise SystemExit(130) from None
+        except Exception as exc:
+            from promptq.cli_errors import debug_requested, fail
+
+            if debug_requested():
+                raise
+            fail(exc)
+
+
+app = _Cli(
     help="promptq: queue-backed asynchronous jobs for LLM prompts.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    # Docstrings are wrapped at 100 columns in the source; markdown re-flows their
+    # paragraphs to the terminal's width instead of breaking lines where the source does.
+    rich_markup_mode="markdown",
 )
 worker_app = typer.Typer(help="Run a worker.", no_args_is_help=True)
 db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -29,7 +49,12 @@ ApiKeyOpt = Annotated[str, typer.Option(envvar="PROMPTQ_API_KEY", help="Your API
 
 
 @app.callback()
-def _main(log_level: Annotated[str, typer.Option(envvar="PROMPTQ_LOG_LEVEL")] = "info") -> None:
+def _main(
+    log_level: Annotated[str, typer.Option(envvar="PROMPTQ_LOG_LEVEL")] = "info",
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show tracebacks instead of one-line errors.")
+    ] = False,
+) -> None:
     configure_logging(log_level)
 
 
@@ -125,6 +150,9 @@ def keys_create(
     typer.echo(asyncio.run(_create()))
 
 
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the raw JSON object.")]
+
+
 @app.command()
 def submit(
     file: Path,
@@ -132,25 +160,69 @@ def submit(
     api_key: ApiKeyOpt = "",
     model: Annotated[str | None, typer.Option(help="Use this model for every line.")] = None,
     priority: Annotated[int | None, typer.Option(min=0, max=9)] = None,
-    wait: bool = False,
+    wait: Annotated[
+        bool, typer.Option(help="Show progress until it finishes; exit 1 if any line failed.")
+    ] = False,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Submit a JSONL batch file; with --wait, show progress until it finishes."""
+    """Submit a JSONL batch file; with --wait, show progress and a summary at the end."""
+    from promptq.client import Client
+    from promptq.progress import follow
     from promptq.submit import submit_file
 
-    batch = submit_file(api_url, api_key, file, model=model, priority=priority, wait=wait)
-    typer.echo(json.dumps(batch, indent=2))
+    if not file.is_file():
+        raise FileNotFoundError(2, "No such file", str(file))
+    batch = submit_file(api_url, api_key, file, model=model, priority=priority)
+    if not wait:
+        typer.echo(json.dumps(batch, indent=2) if as_json else _created(batch))
+        return
+    client = Client(api_url, api_key)
+    try:
+        batch = follow(client, batch)
+        typer.echo(json.dumps(batch, indent=2) if as_json else _batch_text(client, batch))
+    finally:
+        client.close()
+    counts = batch["request_counts"]
+    if batch["status"] != "completed" or counts["failed"] or counts.get("expired"):
+        raise typer.Exit(1)
+
+
+def _created(batch: dict[str, Any]) -> str:
+    return (
+        f"{batch['id']}  {batch['status']}  {batch['request_counts']['total']} requests\n"
+        f"  follow it: promptq status {batch['id']}"
+    )
+
+
+def _batch_text(client: Any, batch: dict[str, Any]) -> str:
+    """The batch's summary, with failures by code read from its error file."""
+    from promptq.summary import batch_summary, failure_codes
+
+    error_file = batch.get("error_file_id")
+    lines = client.lines(error_file) if error_file else iter(())
+    return batch_summary(batch, failure_codes(batch, lines))
 
 
 @app.command()
 def status(
-    object_id: str, api_url: ApiUrl = "http://127.0.0.1:8000", api_key: ApiKeyOpt = ""
+    object_id: str,
+    api_url: ApiUrl = "http://127.0.0.1:8000",
+    api_key: ApiKeyOpt = "",
+    as_json: JsonOpt = False,
 ) -> None:
-    """Show a batch or a job."""
+    """Show a batch (batch_...) or a job (job_...): counts, failures by code, tokens, cost."""
     from promptq.client import Client
+    from promptq.summary import job_summary
 
     client = Client(api_url, api_key)
     try:
-        typer.echo(json.dumps(client.get(object_id), indent=2))
+        obj = client.get(object_id)
+        if as_json:
+            typer.echo(json.dumps(obj, indent=2))
+        elif obj.get("object") == "batch":
+            typer.echo(_batch_text(client, obj))
+        else:
+            typer.echo(job_summary(obj))
     finally:
         client.close()
 
@@ -204,8 +276,11 @@ def demo(
     documents: Annotated[int | None, typer.Option(help="Use only the first N documents.")] = None,
     output: Annotated[Path, typer.Option("-o", "--output")] = Path("demo-results.jsonl"),
 ) -> None:
-    """Run promptq end to end on one machine: embedded Redis, a local database, the small
-    real model on vLLM, a bulk document job through the API."""
+    """Run a bulk job end to end on this machine, with no configuration.
+
+    An embedded Redis, a local database, the small real model on vLLM (on the GPU if there
+    is one), and 200 news snippets summarised and classified through the API.
+    """
     from promptq.demo import run_demo
 
     raise typer.Exit(run_demo(documents=documents, output=output))

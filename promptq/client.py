@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
-__all__ = ["TERMINAL_BATCH", "Client"]
+__all__ = ["TERMINAL_BATCH", "ApiAnswerError", "Client"]
 
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
+
+
+class ApiAnswerError(RuntimeError):
+    """promptq's API answered with an error (its JSON `code` and `message` when it sent them)."""
+
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(f"HTTP {status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
 
 
 class Client:
@@ -31,10 +41,10 @@ class Client:
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
-                detail = f"{error['code']}: {error['message']}"
+                code, message = str(error["code"]), str(error["message"])
             except (ValueError, KeyError, TypeError):
-                detail = response.text[:300]
-            raise RuntimeError(f"HTTP {response.status_code} from promptq: {detail}")
+                code, message = "http_error", " ".join(response.text[:300].split())
+            raise ApiAnswerError(response.status_code, code, message)
         data: dict[str, Any] = response.json()
         return data
 
@@ -73,6 +83,15 @@ class Client:
             if batch["status"] in TERMINAL_BATCH:
                 return batch
             time.sleep(interval)
+
+    def lines(self, file_id: str) -> Iterator[bytes]:
+        """A file's content, line by line, streamed."""
+        with self._http.stream("GET", f"/v1/files/{file_id}/content") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._json(response)
+            for line in response.iter_lines():
+                yield line.encode()
 
     def download(self, file_id: str, out: BinaryIO) -> int:
         """Write a file's content to `out`; returns the bytes written."""

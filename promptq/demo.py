@@ -6,10 +6,11 @@ summarised and classified through the API; results land in a JSONL file."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +19,13 @@ from typing import Any
 import httpx
 from rich.console import Console
 
+from promptq.accelerator import engine_host
 from promptq.client import Client
 from promptq.config import Settings
 from promptq.embedded import Child, free_port, redis_args, wait_until
 from promptq.submit import follow
 
-__all__ = ["run_demo"]
+__all__ = ["ServiceFailed", "run_demo"]
 
 DOCUMENTS = Path(__file__).parent / "data" / "documents.jsonl"
 MODEL = "smollm2-135m"
@@ -37,6 +39,10 @@ TASKS = {
         12,
     ),
 }
+
+
+class ServiceFailed(RuntimeError):
+    """A service of the demo exited or hung at start; the message names its log."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +85,7 @@ def _batch_file(docs: list[dict[str, str]], path: Path) -> Path:
 
 
 @contextmanager
-def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
+def _services(console: Console, home: Path, device: str) -> Iterator[DemoEnv]:
     """Embedded Redis, a fresh SQLite database, the API, a GPU worker and the scheduler."""
     logs = home / "logs"
     shutil.rmtree(logs, ignore_errors=True)
@@ -108,14 +114,37 @@ def _services(console: Console, home: Path) -> Iterator[DemoEnv]:
         scheduler = Child.promptq("scheduler", ["scheduler"], env, logs)
         stack.callback(scheduler.stop)
         api_url = f"http://127.0.0.1:{api_port}"
-        wait_until(lambda: _ready(api_url), 60, "the API", api.alive)
-        with console.status("Loading the model into vLLM (first run converts it, ~1 min)"):
-            wait_until(
-                lambda: "worker.ready" in worker.log_text(), 900, "the GPU worker", worker.alive
-            )
-        console.print(f"[green]services up[/green] (logs in {logs})")
+        _wait(lambda: _ready(api_url), 60, api)
+        loading = f"Loading the model into vLLM on the {device} (the first run converts it, ~1 min)"
+        with console.status(loading):
+            _wait(lambda: "worker.ready" in worker.log_text(), 900, worker)
+        console.print(f"[green]services up[/green]: model on the {device}; logs in {logs}")
         yield DemoEnv(home=home, env=env, api_url=api_url)
         console.print("shutting down ...")
+
+
+@contextmanager
+def _exclusive(console: Console, home: Path) -> Iterator[None]:
+    """One demo at a time per home: each starts by clearing the last one's logs and database."""
+    home.mkdir(parents=True, exist_ok=True)
+    with (home / "demo.lock").open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            console.print(f"another promptq demo is running in {home}; waiting for it to end")
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, child: Child) -> None:
+    """Wait for a child to be ready; if it dies or hangs, say where its log is."""
+    try:
+        wait_until(predicate, timeout, f"the {child.name}", child.alive)
+    except (RuntimeError, TimeoutError) as exc:
+        raise ServiceFailed(f"{exc}; its log: {child.log_path}") from None
 
 
 def _ready(url: str) -> bool:
@@ -166,6 +195,7 @@ def _summary(
     docs: list[dict[str, str]],
     seconds: float,
     output: Path,
+    device: str,
 ) -> None:
     counts, usage = batch["request_counts"], batch["usage"]
     labels = {d["id"]: d["category"] for d in docs}
@@ -177,6 +207,7 @@ def _summary(
     matched = sum(1 for doc, category in named.items() if category == labels.get(doc))
     console.print(f"""
 [bold]promptq demo finished[/bold]: batch {batch["id"]} {batch["status"]}
+  engine      vLLM on the {device}
   jobs        {counts["total"]} total, {counts["completed"]} succeeded, {counts["failed"]} failed
   tokens      {usage["input_tokens"]} prompt + {usage["output_tokens"]} completion
   throughput  {usage["output_tokens"] / seconds:.1f} completion tok/s over {seconds:.1f} s
@@ -196,7 +227,8 @@ def run_demo(*, documents: int | None, output: Path) -> int:
     settings = Settings()
     home = settings.home / "demo"
     docs = _documents(documents)
-    with _services(console, home) as demo:
+    device = engine_host()
+    with _exclusive(console, home), _services(console, home, device) as demo:
         client = Client(demo.api_url, _api_key(demo.env))
         try:
             upload = client.upload(_batch_file(docs, home / "documents-batch.jsonl"))
@@ -210,5 +242,5 @@ def run_demo(*, documents: int | None, output: Path) -> int:
         finally:
             client.close()
     results = [json.loads(line) for line in output.read_text().splitlines()]
-    _summary(console, batch, results, docs, seconds, output)
+    _summary(console, batch, results, docs, seconds, output, device)
     return 0 if batch["status"] == "completed" and batch["request_counts"]["failed"] == 0 else 1

@@ -7,12 +7,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from promptq.client import Client
+from promptq.progress import follow
 
-__all__ = ["download_results", "progress_bar", "submit_file"]
+__all__ = ["download_results", "follow", "submit_file"]
 
 
 def _with_model(path: Path, model: str) -> Path:
@@ -29,18 +27,6 @@ def _with_model(path: Path, model: str) -> Path:
                 pass
             dst.write(raw)
     return out
-
-
-def progress_bar() -> Progress:
-    """The bar `submit --wait` and the demo show."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[detail]}"),
-        TimeElapsedColumn(),
-        console=Console(stderr=True),  # stdout stays data
-    )
 
 
 def submit_file(
@@ -65,29 +51,6 @@ def submit_file(
         client.close()
         if upload is not path:
             upload.unlink()
-
-
-def follow(client: Client, batch: dict[str, Any]) -> dict[str, Any]:
-    """Poll a batch to its end behind a progress bar."""
-    with progress_bar() as bar:
-        task = bar.add_task(batch["id"], total=batch["request_counts"]["total"], detail="")
-
-        def show(current: dict[str, Any]) -> None:
-            counts = current["request_counts"]
-            done = counts["total"] - _open(counts)
-            bar.update(
-                task,
-                completed=done,
-                detail=f"{current['status']} ok={counts['completed']} failed={counts['failed']}",
-            )
-
-        return client.wait(batch["id"], show)
-
-
-def _open(counts: dict[str, int]) -> int:
-    return counts["total"] - sum(
-        counts.get(k, 0) for k in ("completed", "failed", "cancelled", "expired")
-    )
 
 
 def download_results(api_url: str, api_key: str, batch_id: str, output: Path) -> int:

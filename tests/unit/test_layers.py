@@ -23,6 +23,10 @@ ENTRY = (
     "promptq.demo",
     "promptq.submit",
     "promptq.sim_provider",
+    # The CLI's errors, progress bar and summaries.
+    "promptq.cli_errors",
+    "promptq.progress",
+    "promptq.summary",
 )
 #: Libraries of the layers above: a domain module must not need them.
 WEB_AND_QUEUE_LIBRARIES = ("fastapi", "starlette", "celery", "kombu", "uvicorn")
