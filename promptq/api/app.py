@@ -10,6 +10,7 @@ from fastapi import Depends, FastAPI, Request
 
 from promptq import __version__
 from promptq.api.deps import AppState
+from promptq.api.docs import install_docs
 from promptq.api.errors import ERROR_RESPONSES, install_error_handlers
 from promptq.api.limits import BodySizeLimit
 from promptq.api.routes import batches, files, jobs, meta
@@ -54,8 +55,12 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
         version=__version__,
         lifespan=lifespan,
         description="Queue-backed asynchronous jobs for LLM prompts.",
+        # Served by install_docs from a package's assets: FastAPI's own load from a CDN.
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    install_docs(app)
     for module in (jobs, files, batches):
         app.include_router(
             module.router, responses=ERROR_RESPONSES, dependencies=[Depends(_no_nul_in_url)]
