@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     webhook_poll_seconds: float = Field(default=0.5, gt=0)
     # Idempotency-Key: how long a key's first response is replayed.
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
+    # Metrics: a bearer token /metrics requires on the API, workers and scheduler (none: open,
+    # as Prometheus scrapes inside the cluster), and how long the API's cluster view is kept.
+    metrics_token: SecretStr | None = None
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("database_url")
     @classmethod

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 __all__ = [
     "BROKER_EPOCH_KEY",
+    "BROKER_PRIORITY_SEP",
+    "BROKER_UNACKED_KEY",
     "GPU_QUEUE_PREFIX",
     "PRIORITY_STEPS",
     "REMOTE_QUEUE",
     "TASK_RUN_CHUNK",
     "WORKER_BEAT_PREFIX",
+    "broker_list",
     "gpu_queue",
     "worker_beat_key",
 ]
@@ -25,6 +28,11 @@ PRIORITY_STEPS = 10
 BROKER_EPOCH_KEY = "promptq:broker-epoch"
 #: A live worker's last heartbeat (JSON, with a time to live): promptq:worker:<kind>:<owner>.
 WORKER_BEAT_PREFIX = "promptq:worker:"
+#: Kombu's Redis transport keeps priority step N > 0 of a queue in the list
+#: `<queue><sep><N>` and step 0 in `<queue>`; metrics, Flower and KEDA read them.
+BROKER_PRIORITY_SEP = "\x06\x16"
+#: Kombu's hash of messages fetched by a worker and not yet acked.
+BROKER_UNACKED_KEY = "unacked"
 
 
 def gpu_queue(model: str) -> str:
@@ -35,3 +43,8 @@ def gpu_queue(model: str) -> str:
 def worker_beat_key(kind: str, owner: str) -> str:
     """The Redis key of one worker's heartbeat record."""
     return f"{WORKER_BEAT_PREFIX}{kind}:{owner}"
+
+
+def broker_list(queue: str, step: int) -> str:
+    """The Redis list that holds `queue`'s messages at priority `step`."""
+    return f"{queue}{BROKER_PRIORITY_SEP}{step}" if step else queue

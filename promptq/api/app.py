@@ -13,8 +13,9 @@ from promptq.api.deps import AppState
 from promptq.api.docs import install_docs
 from promptq.api.errors import ERROR_RESPONSES, install_error_handlers
 from promptq.api.limits import BodySizeLimit
-from promptq.api.routes import batches, files, jobs, meta
+from promptq.api.routes import batches, files, jobs, meta, metrics
 from promptq.catalog import Catalog, load_catalog
+from promptq.cluster_view import ClusterView
 from promptq.config import Settings, get_settings
 from promptq.db import Database
 from promptq.errors import InvalidRequest
@@ -46,6 +47,9 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             ),
         )
         app.state.promptq = state
+        app.state.cluster_view = ClusterView(
+            state.db, state.redis, catalog, settings.metrics_cache_seconds
+        )
         yield
         await state.redis.aclose()
         await state.db.dispose()
@@ -66,6 +70,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
             module.router, responses=ERROR_RESPONSES, dependencies=[Depends(_no_nul_in_url)]
         )
     app.include_router(meta.router)
+    app.include_router(metrics.router)
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
