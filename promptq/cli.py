@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
+from promptq import cli_ops
 from promptq.config import get_settings
 from promptq.logs import configure_logging
 
@@ -43,6 +44,7 @@ keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.command("gc")(cli_ops.gc)
 
 ApiUrl = Annotated[str, typer.Option(envvar="PROMPTQ_API_URL", help="promptq's API.")]
 ApiKeyOpt = Annotated[str, typer.Option(envvar="PROMPTQ_API_KEY", help="Your API key.")]

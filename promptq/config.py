@@ -70,6 +70,14 @@ class Settings(BaseSettings):
     # as Prometheus scrapes inside the cluster), and how long the API's cluster view is kept.
     metrics_token: SecretStr | None = None
     metrics_cache_seconds: float = Field(default=5.0, ge=0)
+    # Retention (0 keeps forever), as OpenAI's: uploaded files until deleted, finished
+    # batches (with their lines and result files) and finished native jobs for 30 days.
+    # The usage ledger is never purged: it is the bill.
+    file_retention_days: float = Field(default=0.0, ge=0)
+    result_retention_days: float = Field(default=30.0, ge=0)
+    webhook_retention_days: float = Field(default=7.0, ge=0)
+    retention_interval_seconds: float = Field(default=3600.0, ge=0)  # 0: the scheduler never purges
+    retention_chunk_size: int = Field(default=1000, ge=1, le=100_000)
 
     @field_validator("database_url")
     @classmethod

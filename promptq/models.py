@@ -219,7 +219,8 @@ class Batch(Base):
 
     id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
     tenant: Mapped[str] = mapped_column(sa.String(200), index=True)
-    input_file_id: Mapped[str] = mapped_column(sa.ForeignKey("files.id"))
+    # Not a foreign key: a client may delete the input file, the batch keeps its id.
+    input_file_id: Mapped[str] = mapped_column(sa.String(40))
     endpoint: Mapped[str] = mapped_column(sa.String(200))
     completion_window: Mapped[str] = mapped_column(sa.String(16))
     status: Mapped[BatchStatus] = mapped_column(_enum(BatchStatus, "batch_status"))
@@ -285,18 +286,26 @@ class Job(Base):
         sa.Index("ix_jobs_batch_id_line_no", "batch_id", "line_no"),
         sa.Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         sa.Index("ix_jobs_tenant_created_at", "tenant", "created_at"),
+        # Retention finds finished native jobs by age (batch lines go with their batch).
+        sa.Index(
+            "ix_jobs_native_finished_at",
+            "finished_at",
+            postgresql_where=sa.text("batch_id IS NULL"),
+            sqlite_where=sa.text("batch_id IS NULL"),
+        ),
     )
 
 
 class UsageRecord(Base):
-    """The ledger: one row per job attempt that a backend completed, never two."""
+    """The ledger: one row per job attempt that a backend completed, never two. It is the
+    bill, so it outlives the job rows that retention purges (job_id is not a foreign key)."""
 
     __tablename__ = "usage_records"
 
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True
     )
-    job_id: Mapped[str] = mapped_column(sa.ForeignKey("jobs.id", ondelete="CASCADE"))
+    job_id: Mapped[str] = mapped_column(sa.String(40))
     attempt: Mapped[int] = mapped_column(sa.Integer)
     tenant: Mapped[str] = mapped_column(sa.String(200))
     batch_id: Mapped[str | None] = mapped_column(sa.String(40), index=True)

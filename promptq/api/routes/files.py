@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import anyio
 from fastapi import APIRouter, Form, UploadFile
 from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.api.deps import AppState, CurrentKey, IdempotencyDep, SessionDep, StateDep, owned
@@ -16,8 +17,17 @@ from promptq.errors import InvalidRequest
 from promptq.files import store_upload, stream_input_lines
 from promptq.idempotency import file_sha256
 from promptq.models import ApiKey, File, FilePurpose
+from promptq.retention import FileInUse, delete_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
+
+
+class FileDeleted(BaseModel):
+    """OpenAI's answer to a file deletion."""
+
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True
 
 
 @router.post("", response_model=FileOut, operation_id="create_file")
@@ -79,3 +89,22 @@ async def get_file_content(file_id: str, key: CurrentKey, state: StateDep) -> St
                 yield chunk
 
     return StreamingResponse(lines(), media_type="application/jsonl")  # type: ignore[arg-type]
+
+
+@router.delete(
+    "/{file_id}",
+    operation_id="delete_file",
+    responses={409: {"description": "A batch that has not finished reads this file."}},
+)
+async def delete_file_route(file_id: str, key: CurrentKey, state: StateDep) -> FileDeleted:
+    """Delete a file: an upload with its lines, or a batch's output or error file (the
+    batch's jobs stay). Refused while a batch that has not finished reads the file."""
+    async with state.db.session() as session:
+        file = owned(await session.get(File, file_id), key, "file", file_id)
+    try:
+        await delete_file(state.db, file)
+    except FileInUse as exc:
+        raise HTTPException(
+            409, f"The file is the input of batch {exc.batch_id}, which has not finished."
+        ) from None
+    return FileDeleted(id=file.id)
