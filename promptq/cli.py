@@ -84,13 +84,16 @@ def worker_remote(
     loglevel: str = "warning",
     check: CheckOpt = False,
     burst: BurstOpt = False,
+    metrics_port: cli_ops.MetricsPort = None,
 ) -> None:
     """Run a remote worker (OpenAI-compatible and Anthropic providers)."""
     from promptq.workers.launch import check_workers, run_remote_worker
 
+    settings = get_settings()
     if check:
-        raise typer.Exit(check_workers(get_settings(), "remote"))
-    run_remote_worker(get_settings(), concurrency=concurrency, loglevel=loglevel, burst=burst)
+        raise typer.Exit(check_workers(settings, "remote"))
+    cli_ops.serve_metrics(settings, metrics_port)
+    run_remote_worker(settings, concurrency=concurrency, loglevel=loglevel, burst=burst)
 
 
 @worker_app.command("gpu")
@@ -99,21 +102,26 @@ def worker_gpu(
     loglevel: str = "warning",
     check: CheckOpt = False,
     burst: BurstOpt = False,
+    metrics_port: cli_ops.MetricsPort = None,
 ) -> None:
     """Run a GPU worker: one vLLM engine for one model of the models file."""
     from promptq.workers.launch import check_workers, run_gpu_worker
 
+    settings = get_settings()
     if check:
-        raise typer.Exit(check_workers(get_settings(), "gpu"))
-    run_gpu_worker(get_settings(), model=model, loglevel=loglevel, burst=burst)
+        raise typer.Exit(check_workers(settings, "gpu"))
+    cli_ops.serve_metrics(settings, metrics_port)
+    run_gpu_worker(settings, model=model, loglevel=loglevel, burst=burst)
 
 
 @app.command()
-def scheduler() -> None:
+def scheduler(metrics_port: cli_ops.MetricsPort = None) -> None:
     """Run the sweeper: lease expiry, re-delivery, batch expiry and finalization."""
     from promptq.scheduler.service import run_scheduler
 
-    asyncio.run(run_scheduler(get_settings()))
+    settings = get_settings()
+    cli_ops.serve_metrics(settings, metrics_port)
+    asyncio.run(run_scheduler(settings))
 
 
 @db_app.command("upgrade")

@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import typer
 
-from promptq.config import get_settings
+from promptq.config import Settings, get_settings
 
-__all__ = ["gc"]
+__all__ = ["MetricsPort", "gc", "serve_metrics"]
+
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(help="Serve Prometheus /metrics on this port (default PROMPTQ_METRICS_PORT)."),
+]
+
+
+def serve_metrics(settings: Settings, port: int | None) -> None:
+    """Start this process's /metrics server if a port is given or configured."""
+    port = settings.metrics_port if port is None else port
+    if port:
+        from promptq.metrics import MetricsServer
+
+        token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
+        MetricsServer(port, token=token).start()
 
 
 def gc() -> None:

@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     # Metrics: a bearer token /metrics requires on the API, workers and scheduler (none: open,
     # as Prometheus scrapes inside the cluster), and how long the API's cluster view is kept.
     metrics_token: SecretStr | None = None
+    metrics_port: int = Field(default=0, ge=0, le=65535)  # workers, scheduler; 0: none
     metrics_cache_seconds: float = Field(default=5.0, ge=0)
     # Retention (0 keeps forever), as OpenAI's: uploaded files until deleted, finished
     # batches (with their lines and result files) and finished native jobs for 30 days.
