@@ -45,6 +45,7 @@ app.add_typer(worker_app, name="worker")
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.command("gc")(cli_ops.gc)
+app.command("flower")(cli_ops.flower)
 
 ApiUrl = Annotated[str, typer.Option(envvar="PROMPTQ_API_URL", help="promptq's API.")]
 ApiKeyOpt = Annotated[str, typer.Option(envvar="PROMPTQ_API_KEY", help="Your API key.")]

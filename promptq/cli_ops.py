@@ -1,4 +1,5 @@
-"""Operator commands: `promptq gc` (and `promptq flower`); registered by promptq.cli."""
+"""Operator commands: `promptq gc` and `promptq flower`, and the --metrics-port option;
+registered by promptq.cli."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import typer
 
 from promptq.config import Settings, get_settings
 
-__all__ = ["MetricsPort", "gc", "serve_metrics"]
+__all__ = ["MetricsPort", "flower", "gc", "serve_metrics"]
 
 MetricsPort = Annotated[
     int | None,
@@ -46,3 +47,18 @@ def gc() -> None:
         typer.echo("nothing to purge")
     for table, count in purged.items():
         typer.echo(f"{table}: {count} purged")
+
+
+def flower(
+    port: Annotated[int, typer.Option(help="Flower's HTTP port.")] = 5555,
+    address: Annotated[str, typer.Option(help="The address to listen on.")] = "0.0.0.0",
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(envvar="FLOWER_BASIC_AUTH", help="USER:PASSWORD for every page and API."),
+    ] = None,
+) -> None:
+    """Run Flower on promptq's Celery app: each job is a task, queue depth counts every
+    priority step, and every page (and /metrics) asks for the login."""
+    from promptq.flower import run_flower
+
+    run_flower(get_settings(), port=port, address=address, basic_auth=basic_auth)

@@ -1,0 +1,86 @@
+"""`promptq flower`: Flower on promptq's own Celery app, every page behind its login.
+
+Started with promptq's app, Flower reads queue depth over every Redis priority step
+(a bare `celery flower` counts only Celery's default steps 0, 3, 6, 9, and promptq's bulk
+lines sit at 5-9), and lists every queue of the models file. Flower leaves /metrics,
+/healthcheck and a few views open even with `--basic-auth`; here every handler checks the
+login first. The jobs themselves reach Flower as task events sent by the workers (see
+`promptq.workers.task_events`)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+import structlog
+from kombu.entity import Queue
+
+from promptq.catalog import load_catalog
+from promptq.cluster_view import queues_of
+from promptq.config import Settings
+from promptq.errors import ConfigError
+from promptq.workers.celery_app import make_celery
+
+__all__ = ["protect_every_page", "run_flower"]
+
+log = structlog.get_logger(__name__)
+
+
+def protect_every_page() -> None:
+    """Make every Flower handler (pages, API, /metrics, /healthcheck) ask for the login
+    when one is configured."""
+    from flower.api import BaseApiHandler
+    from flower.views import BaseHandler
+
+    for cls in (BaseHandler, BaseApiHandler):
+        if getattr(cls.prepare, "_promptq_guarded", False):
+            continue
+        original = cls.prepare
+
+        def prepare(self: Any, _original: Any = original) -> None:
+            options = self.application.options
+            if options.basic_auth:
+                self.get_current_user()  # raises 401 unless the Basic credentials match
+            _original(self)
+
+        prepare._promptq_guarded = True  # type: ignore[attr-defined]
+        cls.prepare = prepare
+
+
+def _stop(signum: int, _frame: object) -> None:
+    log.info("flower.stopping", signal=signum)
+    sys.exit(0)
+
+
+def run_flower(settings: Settings, *, port: int, address: str, basic_auth: str | None) -> None:
+    """Serve Flower until SIGTERM/SIGINT."""
+    from flower.app import Flower
+    from flower.command import apply_env_options, extract_settings
+    from flower.urls import settings as flower_settings
+    from tornado.options import options
+
+    if basic_auth is None and settings.environment == "production":
+        raise ConfigError("Flower needs a login in production: set FLOWER_BASIC_AUTH=user:pass")
+    apply_env_options()  # FLOWER_* variables, as `celery flower` reads them
+    options.port = port
+    options.address = address
+    if basic_auth:
+        if ":" not in basic_auth:
+            raise ConfigError("--basic-auth must be USER:PASSWORD")
+        options.basic_auth = [basic_auth]
+    extract_settings()
+    protect_every_page()
+    capp = make_celery(settings)
+    queues = queues_of(load_catalog(settings.models_file))
+    capp.conf.task_queues = [Queue(name) for name in queues]  # type: ignore[no-untyped-call]
+    app = Flower(capp=capp, options=options, **flower_settings)
+    signal.signal(signal.SIGTERM, _stop)
+    app.start_http_server()
+    log.info("flower.ready", port=port, address=address, auth=bool(options.basic_auth))
+    try:
+        app.start()
+    except (KeyboardInterrupt, SystemExit):
+        pass
+    finally:
+        app.stop()
