@@ -59,6 +59,6 @@ def flower(
 ) -> None:
     """Run Flower on promptq's Celery app: each job is a task, queue depth counts every
     priority step, and every page (and /metrics) asks for the login."""
-    from promptq.flower import run_flower
+    from promptq.workers.flower import run_flower
 
     run_flower(get_settings(), port=port, address=address, basic_auth=basic_auth)

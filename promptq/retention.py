@@ -26,6 +26,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 
 from promptq.config import Settings
 from promptq.db import Database
+from promptq.errors import InvalidRequest
 from promptq.metrics import PURGED
 from promptq.models import (
     TERMINAL_BATCH_STATUSES,
@@ -45,11 +46,12 @@ __all__ = ["FileInUse", "delete_file", "purge", "run_retention"]
 log = structlog.get_logger(__name__)
 
 
-class FileInUse(Exception):
-    """The file is the input of a batch that has not finished."""
+class FileInUse(InvalidRequest):
+    """The file is the input of a batch that has not finished (409 `file_in_use`)."""
 
     def __init__(self, batch_id: str) -> None:
-        super().__init__(batch_id)
+        message = f"The file is the input of batch {batch_id}, which has not finished."
+        super().__init__("file_in_use", message, 409)
         self.batch_id = batch_id
 
 

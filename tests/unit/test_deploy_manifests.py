@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,10 @@ def test_containers_and_exec_probes_run_real_promptq_commands(field: str) -> Non
             _check_command(container["args"])
         elif "exec" in container.get(field, {}):
             command = container[field]["exec"]["command"]
+            if command[:2] == ["sh", "-c"]:  # a pipeline: check its promptq command
+                found = re.search(r"(?:^|\|)\s*promptq ([^|]+)", command[2])
+                assert found, command
+                command = ["promptq", *shlex.split(found.group(1))]
             assert command[0] == "promptq"
             _check_command(command[1:])
 

@@ -19,6 +19,7 @@ DELIVERY = ("promptq.scheduler", "promptq.workers")
 ENTRY = (
     "promptq.__main__",
     "promptq.cli",
+    "promptq.cli_ops",
     "promptq.client",
     "promptq.demo",
     "promptq.submit",

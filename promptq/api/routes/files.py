@@ -17,7 +17,7 @@ from promptq.errors import InvalidRequest
 from promptq.files import store_upload, stream_input_lines
 from promptq.idempotency import file_sha256
 from promptq.models import ApiKey, File, FilePurpose
-from promptq.retention import FileInUse, delete_file
+from promptq.retention import delete_file
 
 router = APIRouter(prefix="/v1/files", tags=["files"])
 
@@ -101,10 +101,5 @@ async def delete_file_route(file_id: str, key: CurrentKey, state: StateDep) -> F
     batch's jobs stay). Refused while a batch that has not finished reads the file."""
     async with state.db.session() as session:
         file = owned(await session.get(File, file_id), key, "file", file_id)
-    try:
-        await delete_file(state.db, file)
-    except FileInUse as exc:
-        raise HTTPException(
-            409, f"The file is the input of batch {exc.batch_id}, which has not finished."
-        ) from None
+    await delete_file(state.db, file)  # 409 file_in_use while a running batch reads it
     return FileDeleted(id=file.id)

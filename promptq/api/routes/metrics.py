@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.registry import CollectorRegistry
 
 from promptq.api.deps import StateDep
 from promptq.cluster_view import ClusterCollector, ClusterView
+from promptq.errors import Unauthorized
 from promptq.metrics import authorized, render
 
 router = APIRouter(tags=["meta"])
@@ -28,7 +29,7 @@ async def metrics(request: Request, state: StateDep) -> Response:
     token = state.settings.metrics_token
     secret = token.get_secret_value() if token else None
     if not authorized(request.headers.get("authorization"), secret):
-        raise HTTPException(401, "Send 'Authorization: Bearer <metrics token>'.")
+        raise Unauthorized("Send 'Authorization: Bearer <metrics token>'.")
     view: ClusterView = request.app.state.cluster_view
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ClusterCollector(await view.snapshot()))
