@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     metrics_port: int = Field(default=0, ge=0, le=65535)  # workers, scheduler; 0: none
     metrics_cache_seconds: float = Field(default=5.0, ge=0)
+    # Workers send a Celery task event per job (Flower lists each job as a task).
+    job_task_events: bool = True
     # Retention (0 keeps forever), as OpenAI's: uploaded files until deleted, finished
     # batches (with their lines and result files) and finished native jobs for 30 days.
     # The usage ledger is never purged: it is the bill.

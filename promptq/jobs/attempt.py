@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -23,6 +24,9 @@ class ClaimedJob:
     max_attempts: int
     owner: str
     webhook_url: str | None = None
+    # For operators (metrics, Flower): the batch line's custom_id and the job's creation.
+    custom_id: str | None = None
+    created_at: datetime | None = None
 
     @classmethod
     def claimed(cls, row: Any, owner: str) -> ClaimedJob:
@@ -38,6 +42,8 @@ class ClaimedJob:
             max_attempts=row.max_attempts,
             owner=owner,
             webhook_url=row.webhook_url,
+            custom_id=row.custom_id,
+            created_at=row.created_at,
         )
 
     def next_attempt(self) -> ClaimedJob:

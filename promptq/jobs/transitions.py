@@ -173,6 +173,8 @@ async def claim(
             c.attempts,
             c.max_attempts,
             c.webhook_url,
+            c.custom_id,
+            c.created_at,
         )
     )
     rows = (await session.execute(stmt)).all()

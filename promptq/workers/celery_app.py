@@ -1,4 +1,4 @@
-"""The Celery app: Redis broker with priority steps, late acks, events for Flower."""
+"""The Celery app: Redis broker with priority steps, late acks, worker events for Flower."""
 
 from __future__ import annotations
 
@@ -40,8 +40,11 @@ def make_celery(settings: Settings) -> Celery:
         },
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower shows jobs, not chunk messages: the workers send one task event per job
+        # (promptq.workers.telemetry); Celery's own events for run_chunk would count each
+        # chunk as a task. Workers still send their heartbeats, so Flower lists them.
+        worker_send_task_events=False,
+        task_send_sent_event=False,
         worker_hijack_root_logger=False,
         worker_cancel_long_running_tasks_on_connection_loss=False,
     )

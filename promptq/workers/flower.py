@@ -22,7 +22,7 @@ from promptq.config import Settings
 from promptq.errors import ConfigError
 from promptq.workers.celery_app import make_celery
 
-__all__ = ["protect_every_page", "run_flower"]
+__all__ = ["list_every_queue", "protect_every_page", "run_flower"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +48,23 @@ def protect_every_page() -> None:
         cls.prepare = prepare
 
 
+def list_every_queue() -> None:
+    """Make Flower's broker page list the models file's queues, not only the queues of
+    the workers it has seen (a GPU queue with no worker yet is where a backlog hides)."""
+    from flower.views import BaseHandler
+
+    if getattr(BaseHandler.get_active_queue_names, "_promptq_all", False):
+        return
+    seen_by_workers = BaseHandler.get_active_queue_names
+
+    def get_active_queue_names(self: Any) -> list[str]:
+        configured = {q.name for q in self.capp.conf.task_queues or []}
+        return sorted(set(seen_by_workers(self)) | configured)
+
+    get_active_queue_names._promptq_all = True  # type: ignore[attr-defined]
+    BaseHandler.get_active_queue_names = get_active_queue_names
+
+
 def _stop(signum: int, _frame: object) -> None:
     log.info("flower.stopping", signal=signum)
     sys.exit(0)
@@ -71,6 +88,7 @@ def run_flower(settings: Settings, *, port: int, address: str, basic_auth: str |
         options.basic_auth = [basic_auth]
     extract_settings()
     protect_every_page()
+    list_every_queue()
     capp = make_celery(settings)
     queues = queues_of(load_catalog(settings.models_file))
     capp.conf.task_queues = [Queue(name) for name in queues]  # type: ignore[no-untyped-call]

@@ -29,6 +29,7 @@ from promptq.workers.gpu_worker import gpu_in_flight, make_gpu_backend
 from promptq.workers.remote_worker import make_http_session, make_remote_backend
 from promptq.workers.runtime import WorkerRuntime
 from promptq.workers.side_tasks import BEATS_TO_LIVE, beat_interval
+from promptq.workers.telemetry import worker_description
 
 __all__ = ["check_workers", "remote_runtime", "run_gpu_worker", "run_remote_worker", "serve"]
 
@@ -62,6 +63,9 @@ def _consume(
     def _ready(**_: Any) -> None:
         log.info("worker.ready", owner=runtime.owner, queues=queues)
 
+    app.conf.promptq_worker = worker_description(
+        runtime.kind, runtime.catalog, queues, runtime.max_in_flight
+    )
     signals.worker_ready.connect(_ready, weak=False)
     signals.worker_shutdown.connect(_shutdown, weak=False)
     app.worker_main(

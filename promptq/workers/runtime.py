@@ -34,6 +34,7 @@ from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.result_writer import ResultWriter
 from promptq.workers.supervisor import Supervisor
+from promptq.workers.telemetry import JobTelemetry, answer_outcome
 
 __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
@@ -103,6 +104,7 @@ class WorkerRuntime:
         self._redis: aioredis.Redis | None = None
         self._results: ResultWriter | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
+        self.telemetry = JobTelemetry(settings, self.owner, events=settings.job_task_events)
 
     # -- life cycle (called from Celery's threads) ---------------------------------
     def start(self, preload: list[ModelEntry] | None = None) -> None:
@@ -229,6 +231,7 @@ class WorkerRuntime:
                 jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
             for job in jobs:
                 self._running[job.id] = job
+                self.telemetry.started(job)
                 self._spawn(self._run(job))
         finally:
             self._admitting -= 1
@@ -243,6 +246,7 @@ class WorkerRuntime:
             log.exception("job.crashed", job_id=job.id, attempt=job.attempt)
         finally:
             self._running.pop(job.id, None)
+            self.telemetry.ended(job.id)
             if job.batch_id:
                 self.batches_to_check.add(job.batch_id)
             await self._release_alone()
@@ -274,11 +278,14 @@ class WorkerRuntime:
             try:
                 completion = await backend.complete(request)
             except TerminalError as exc:
+                self.telemetry.answered(entry, "terminal_error")
                 await self._fail(current, exc)
                 return
             except RetryableError as exc:
+                self.telemetry.answered(entry, answer_outcome(exc))
                 current = await self._retry_or_fail(current, exc)
                 continue
+            self.telemetry.answered(entry, "ok")
             await self._succeed(current, entry, completion)
             return
 
@@ -299,6 +306,8 @@ class WorkerRuntime:
             nxt = await retry(session, job, self.settings.lease_seconds, exc.code, exc.message)
         if nxt is not None:
             self._running[job.id] = nxt
+            self.telemetry.retried(nxt, exc.code, exc.message)
+            self.telemetry.started(nxt)
         return nxt
 
     async def _succeed(self, job: ClaimedJob, entry: ModelEntry, completion: Completion) -> None:
@@ -316,14 +325,17 @@ class WorkerRuntime:
         )
         stored = await self.results.write(job, outcome)
         self.counters["succeeded" if stored else "lost"] += 1
+        if stored:
+            self.telemetry.succeeded(job, outcome)
         if not stored:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
     async def _fail(self, job: ClaimedJob, exc: TerminalError | RetryableError) -> None:
-        stored = await self.results.write(
-            job, JobFailure(exc.code, exc.message, exc.provider_status)
-        )
+        failure = JobFailure(exc.code, exc.message, exc.provider_status)
+        stored = await self.results.write(job, failure)
         self.counters["failed" if stored else "lost"] += 1
+        if stored:
+            self.telemetry.failed(job, failure)
         log.info("job.failed", job_id=job.id, attempt=job.attempt, code=exc.code)
 
     async def _stop(self, drain_seconds: float) -> None:
@@ -352,4 +364,5 @@ class WorkerRuntime:
             await self._on_stop()
         await self.redis.aclose()
         await self.db.dispose()
+        self.telemetry.close()
         log.info("worker.stopped", owner=self.owner, **self.snapshot())

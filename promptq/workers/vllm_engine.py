@@ -10,6 +10,7 @@ from typing import Any
 import structlog
 
 from promptq.errors import RetryableError, TerminalError
+from promptq.metrics import ENGINE_REQUESTS
 from promptq.workers.completion import Completion, JobRequest
 
 __all__ = ["DEFAULT_MAX_TOKENS", "EngineOptions", "VllmEngine"]
@@ -96,7 +97,9 @@ class VllmEngine:
         prompt_ids = self._prompt_ids(request.body)
         params = self._sampling_params(request.body, len(prompt_ids))
         request_id = f"{request.job_id}-{request.attempt}"
-        generated = await self._generate(prompt_ids, params, request_id, request.priority)
+        generated = await self._generate(
+            prompt_ids, params, request_id, request.priority, request.model
+        )
         return Completion(
             content=generated.text,
             finish_reason=generated.finish_reason,
@@ -153,9 +156,10 @@ class VllmEngine:
             raise _bad_request("invalid_request", f"Invalid sampling parameters: {exc}") from exc
 
     async def _generate(
-        self, prompt_ids: list[int], params: Any, request_id: str, priority: int
+        self, prompt_ids: list[int], params: Any, request_id: str, priority: int, model: str
     ) -> _Generated:
-        """Stream one request through the engine, timing its first token."""
+        """Stream one request through the engine, timing its first token; the request
+        counts as waiting in promptq_engine_requests until then, running after."""
         from vllm.inputs import tokens_input
 
         started = time.monotonic()
@@ -167,16 +171,23 @@ class VllmEngine:
         stream = self._engine.generate(
             tokens_input(prompt_ids), params, request_id, priority=priority
         )
+        state = ENGINE_REQUESTS.labels(model, "waiting")
+        state.inc()
         try:
             async for output in stream:
                 choice = output.outputs[0]
                 if ttft_ms is None and choice.token_ids:
                     ttft_ms = (time.monotonic() - started) * 1000
+                    state.dec()
+                    state = ENGINE_REQUESTS.labels(model, "running")
+                    state.inc()
                 parts.append(choice.text)
                 token_count += len(choice.token_ids)
                 finish, cached = choice.finish_reason, output.num_cached_tokens
         except Exception as exc:
             raise _job_error(exc) from exc
+        finally:
+            state.dec()
         if finish in (None, "abort", "error"):
             raise RetryableError("engine_error", f"The engine ended the request ({finish}).")
         return _Generated("".join(parts), token_count, str(finish), ttft_ms, cached)
