@@ -48,6 +48,12 @@ class Host:
     def promptq(self, name: str, args: list[str], env: Mapping[str, str], log_dir: Path) -> Child:
         return self.run(name, [sys.executable, "-m", "promptq", *args], env, log_dir)
 
+    def listening(self, port: int) -> bool:
+        """Whether something accepts TCP connections on this host's loopback at `port`."""
+        probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+        command = ["ip", "netns", "exec", self.netns, sys.executable, "-c", probe]
+        return subprocess.run(command, capture_output=True).returncode == 0
+
 
 class Network:
     """A bridge in the root namespace (where the test runs) and hosts attached to it."""

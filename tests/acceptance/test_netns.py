@@ -63,26 +63,18 @@ def cluster(tmp_path: Path, log_dir: Path) -> Iterator[Cluster]:
         db, api, w1, w2 = (net.host(n) for n in ("db", "api", "w1", "w2"))
         pg = PostgresHost(db, log_dir)
         redis, redis_url = redis_on(db, log_dir)
-        sim = db.promptq(
-            "sim",
-            [
-                "sim-provider",
-                "--host",
-                db.address,
-                "--port",
-                "9100",
-                "--latency-ms",
-                "300",
-                "--api-key",
-                SIM_KEY,
-            ],
-            {},
-            log_dir,
-        )
-        children += [redis, sim]
+        children.append(redis)
+        # Each worker host calls a provider on its own loopback: an unplugged worker keeps
+        # getting answers it can no longer store, the late results the leases must refuse.
+        sim_args = ["sim-provider", "--port", "9200", "--latency-ms", "300"]
+        for host in (w1, w2):
+            children.append(
+                host.promptq(f"sim-{host.name}", [*sim_args, "--api-key", SIM_KEY], {}, log_dir)
+            )
         upgrade(pg.url)
-        sim_url = f"http://{db.address}:9100"
-        wait_http(f"{sim_url}/v1/models")
+        for host in (w1, w2):
+            wait_for(lambda h=host: h.listening(9200), 30, f"provider on {host.name}")
+        sim_url = "http://127.0.0.1:9200"
         env = stack_env(pg.url, redis_url, _models_file(tmp_path / "m.toml", sim_url), tmp_path)
         env["PROMPTQ_REQUEST_TIMEOUT_SECONDS"] = "5"
         children.append(
@@ -193,6 +185,8 @@ def test_a_worker_host_unplugged_mid_batch_loses_and_double_bills_nothing(
     # When w1 is plugged back in and has settled its late work
     cluster.net.plug(cluster.w1)
     wait_for(lambda: _in_flight(cluster.w1) == 0, 120, "w1 to settle")
+    late = cluster.w1_proc.log_text()
+    assert "job.lease_lost" in late, late[-3000:]  # its late results were refused
     # Then its late results were refused: nothing changed, nothing billed twice
     assert _ledger(cluster.pg_url, batch["id"]) == ledger
     again = client.get(f"/v1/batches/{batch['id']}").json()
