@@ -141,12 +141,33 @@ def _close(dispatcher: Any) -> None:
             pass
 
 
+class _ModelMetrics:
+    """One model's labelled metrics, looked up once (labels() takes a lock each call)."""
+
+    def __init__(self, model: str) -> None:
+        self.in_flight = IN_FLIGHT.labels(model)
+        self.queue_wait = QUEUE_WAIT.labels(model)
+        self.prompt_tokens = TOKENS.labels(model, "prompt")
+        self.completion_tokens = TOKENS.labels(model, "completion")
+        self.cost = COST.labels(model)
+        self.succeeded = JOBS_FINISHED.labels(model, "succeeded", "")
+        self.duration = JOB_DURATION.labels(model)
+        self.ttft = TTFT.labels(model)
+
+
 class JobTelemetry:
     """Called by the runtime, on its loop, at each step of a job."""
 
     def __init__(self, settings: Settings, owner: str, *, events: bool = True) -> None:
         self._running: dict[str, _Running] = {}
+        self._models: dict[str, _ModelMetrics] = {}
         self._events = _EventSender(settings, celery_hostname(owner)) if events else None
+
+    def _metrics(self, model: str) -> _ModelMetrics:
+        metrics = self._models.get(model)
+        if metrics is None:
+            metrics = self._models[model] = _ModelMetrics(model)
+        return metrics
 
     def _send(self, event_type: str, **fields: Any) -> None:
         if self._events is not None:
@@ -155,12 +176,13 @@ class JobTelemetry:
     def started(self, job: ClaimedJob) -> None:
         """The job was claimed here for an attempt."""
         first = job.id not in self._running
+        metrics = self._metrics(job.model)
         if first:
             self._running[job.id] = _Running(job.model, time.monotonic())
-            IN_FLIGHT.labels(job.model).inc()
+            metrics.in_flight.inc()
         created = job.created_at.timestamp() if job.created_at else time.time()
         if first and job.attempt == 1 and job.created_at is not None:
-            QUEUE_WAIT.labels(job.model).observe(max(time.time() - created, 0.0))
+            metrics.queue_wait.observe(max(time.time() - created, 0.0))
         self._send(
             "task-received",
             uuid=job.id,
@@ -183,12 +205,13 @@ class JobTelemetry:
 
     def succeeded(self, job: ClaimedJob, outcome: JobOutcome) -> None:
         """The job's result was stored."""
-        TOKENS.labels(job.model, "prompt").inc(outcome.prompt_tokens)
-        TOKENS.labels(job.model, "completion").inc(outcome.completion_tokens)
-        COST.labels(job.model).inc(float(outcome.cost_usd))
-        JOBS_FINISHED.labels(job.model, "succeeded", "").inc()
+        metrics = self._metrics(job.model)
+        metrics.prompt_tokens.inc(outcome.prompt_tokens)
+        metrics.completion_tokens.inc(outcome.completion_tokens)
+        metrics.cost.inc(float(outcome.cost_usd))
+        metrics.succeeded.inc()
         if outcome.ttft_ms is not None:
-            TTFT.labels(job.model).observe(outcome.ttft_ms / 1000)
+            metrics.ttft.observe(outcome.ttft_ms / 1000)
         runtime = self._duration(job)
         self._send(
             "task-succeeded",
@@ -217,12 +240,12 @@ class JobTelemetry:
         """The job left this worker (finished, lost, or handed back)."""
         running = self._running.pop(job_id, None)
         if running is not None:
-            IN_FLIGHT.labels(running.model).dec()
+            self._metrics(running.model).in_flight.dec()
 
     def _duration(self, job: ClaimedJob) -> float:
         running = self._running.get(job.id)
         seconds = time.monotonic() - running.started if running else 0.0
-        JOB_DURATION.labels(job.model).observe(seconds)
+        self._metrics(job.model).duration.observe(seconds)
         return seconds
 
     def close(self) -> None:
