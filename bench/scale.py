@@ -184,7 +184,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             {
                 "PROMPTQ_MAX_FILE_LINES": str(max(args.prompts, 100_000)),
                 "PROMPTQ_MAX_UPLOAD_BYTES": str(max(size * 2, 200 * 1024 * 1024)),
-                "PROMPTQ_LOG_LEVEL": "warning",
                 "PROMPTQ_JOB_TASK_EVENTS": "true",
             }
         )
