@@ -121,6 +121,17 @@ def test_every_flower_page_and_api_asks_for_the_login(watched: Watched) -> None:
         assert _flower_get(f"{watched.flower_url}{path}").status_code == 200, path
 
 
+def test_flowers_worker_page_says_what_the_worker_serves(watched: Watched) -> None:
+    # Given the deployment's one remote worker
+    # When Flower asks the workers for their configuration
+    workers = _flower_get(f"{watched.flower_url}/api/workers?refresh=1").json()
+    # Then the worker says the models it serves and how many jobs it runs at once
+    (info,) = workers.values()
+    described = info["conf"]["promptq_worker"]
+    assert described["models"] == ["sim-gpt"] and described["kind"] == "remote"
+    assert described["max_in_flight"] == 64
+
+
 def test_flower_counts_jobs_as_the_jobs_table_does(watched: Watched) -> None:
     # Given the batch's jobs: 10 succeeded and 2 refused by the provider
     assert (watched.succeeded, len(watched.failed_ids)) == (10, 2)
