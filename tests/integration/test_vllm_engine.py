@@ -132,3 +132,34 @@ async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
     await asyncio.gather(*backlog)
     assert urgent.content
     return finished
+
+
+def test_engine_requests_count_as_waiting_then_running(
+    runner: asyncio.Runner, engine: VllmEngine
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def gauge(state: str) -> float:
+        labels = {"model": "smollm2", "state": state}
+        return REGISTRY.get_sample_value("promptq_engine_requests", labels) or 0.0
+
+    def gauges() -> tuple[float, float]:
+        return gauge("waiting"), gauge("running")
+
+    seen: list[tuple[float, float]] = []
+
+    async def watch_three_requests() -> None:
+        requests = [job(f"gauge-{i}", f"Count to {i}.", max_tokens=8) for i in range(3)]
+        work = asyncio.gather(*(engine.complete(r) for r in requests))
+        while not work.done():
+            seen.append(gauges())
+            await asyncio.sleep(0.005)
+        await work
+
+    # Given three requests streaming through the engine at once
+    runner.run(watch_three_requests())
+    # Then each was counted while inside the engine (never more than three), running once
+    # its first token came, and none is counted after
+    assert seen and max(w + r for w, r in seen) <= 3
+    assert max(r for _, r in seen) >= 1
+    assert gauges() == (0.0, 0.0)
