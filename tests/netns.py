@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.procs import Child, redis_binary, wait_for
+from promptq.embedded import redis_binary
+from tests.procs import Child, wait_for
 
 
 def _ip(*args: str) -> None:
