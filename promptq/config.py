@@ -68,19 +68,19 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: float = Field(default=86400.0, gt=0)
     # Metrics: a bearer token /metrics requires on the API, workers and scheduler (none: open,
     # as Prometheus scrapes inside the cluster), and how long the API's cluster view is kept.
-    metrics_token: SecretStr | None = None
+    metrics_token: SecretStr | None = None  # sent as Authorization: Bearer <token>
     metrics_port: int = Field(default=0, ge=0, le=65535)  # workers, scheduler; 0: none
-    metrics_cache_seconds: float = Field(default=5.0, ge=0)
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)  # the API's cluster view
     # Workers send a Celery task event per job (Flower lists each job as a task).
-    job_task_events: bool = True
+    job_task_events: bool = True  # one Celery task event per job step, for Flower
     # Retention (0 keeps forever), as OpenAI's: uploaded files until deleted, finished
     # batches (with their lines and result files) and finished native jobs for 30 days.
     # The usage ledger is never purged: it is the bill.
-    file_retention_days: float = Field(default=0.0, ge=0)
-    result_retention_days: float = Field(default=30.0, ge=0)
-    webhook_retention_days: float = Field(default=7.0, ge=0)
+    file_retention_days: float = Field(default=0.0, ge=0)  # uploads; 0: until deleted
+    result_retention_days: float = Field(default=30.0, ge=0)  # finished batches and jobs
+    webhook_retention_days: float = Field(default=7.0, ge=0)  # delivered/given-up events
     retention_interval_seconds: float = Field(default=3600.0, ge=0)  # 0: the scheduler never purges
-    retention_chunk_size: int = Field(default=1000, ge=1, le=100_000)
+    retention_chunk_size: int = Field(default=1000, ge=1, le=100_000)  # rows per DELETE
 
     @field_validator("database_url")
     @classmethod
