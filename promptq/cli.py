@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from promptq import cli_ops
+from promptq.cli_keys import register_key_commands
 from promptq.config import get_settings
 from promptq.logs import configure_logging
 
@@ -46,6 +47,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
 app.command("gc")(cli_ops.gc)
 app.command("flower")(cli_ops.flower)
+register_key_commands(keys_app)
 
 ApiUrl = Annotated[str, typer.Option(envvar="PROMPTQ_API_URL", help="promptq's API.")]
 ApiKeyOpt = Annotated[str, typer.Option(envvar="PROMPTQ_API_KEY", help="Your API key.")]
@@ -143,22 +145,25 @@ def keys_create(
     admin: bool = False,
     webhook_url: str | None = None,
 ) -> None:
-    """Create an API key and print it (it is shown only once)."""
+    """Create an API key and print it, and its webhook signing secret on stderr (both are
+    shown only once)."""
     from promptq.db import Database
     from promptq.keys import create_key
 
-    async def _create() -> str:
+    async def _create() -> tuple[str, str | None]:
         db = Database.from_settings(get_settings())
         try:
             async with db.session() as session:
-                token, _ = await create_key(
+                token, key = await create_key(
                     session, name, tenant=tenant, admin=admin, webhook_url=webhook_url
                 )
         finally:
             await db.dispose()
-        return token
+        return token, key.webhook_secret
 
-    typer.echo(asyncio.run(_create()))
+    token, secret = asyncio.run(_create())
+    typer.echo(token)
+    typer.echo(f"webhook signing secret (verify deliveries with it): {secret}", err=True)
 
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the raw JSON object.")]

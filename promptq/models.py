@@ -174,6 +174,12 @@ class ApiKey(Base):
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # This key's webhook signing secret (`whsec_<base64>`); kept as is, because signing
+    # needs it. None on keys made before per-key secrets: the deployment's secret signs.
+    webhook_secret: Mapped[str | None] = mapped_column(sa.String(100))
+    # The secret before the last rotation, still sent alongside until the time below.
+    webhook_secret_previous: Mapped[str | None] = mapped_column(sa.String(100))
+    webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class File(Base):

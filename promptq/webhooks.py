@@ -17,7 +17,7 @@ import os
 import secrets
 import socket
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,17 +108,23 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(mac).decode()
 
 
-def signed_headers(key: bytes, msg_id: str, body: bytes, timestamp: int) -> dict[str, str]:
-    """The three Standard Webhooks headers for one delivery attempt."""
+def signed_headers(
+    keys: bytes | Sequence[bytes], msg_id: str, body: bytes, timestamp: int
+) -> dict[str, str]:
+    """The three Standard Webhooks headers for one delivery attempt; several keys (a
+    rotation's grace period) give several space-separated signatures, any of which
+    verifies."""
+    keys = [keys] if isinstance(keys, bytes) else keys
     return {
         "webhook-id": msg_id,
         "webhook-timestamp": str(timestamp),
-        "webhook-signature": sign(key, msg_id, timestamp, body),
+        "webhook-signature": " ".join(sign(key, msg_id, timestamp, body) for key in keys),
     }
 
 
 def signing_key(settings: Settings) -> bytes:
-    """The HMAC key: from PROMPTQ_WEBHOOK_SECRET, or in development one kept under `home`."""
+    """The deployment's HMAC key, for tenants whose keys have no secret of their own: from
+    PROMPTQ_WEBHOOK_SECRET, or in development one kept under `home`."""
     if settings.webhook_secret is not None:
         return decode_secret(settings.webhook_secret.get_secret_value())
     if settings.environment == "production":

@@ -23,6 +23,7 @@ from promptq.config import Settings
 from promptq.db import Database
 from promptq.errors import RetryableError
 from promptq.idempotency import delete_expired_keys
+from promptq.keys import tenant_webhook_secrets
 from promptq.models import WebhookEvent, WebhookStatus, utcnow
 from promptq.retry import backoff_delay
 from promptq.webhooks import (
@@ -30,6 +31,7 @@ from promptq.webhooks import (
     IPAddress,
     WebhookTarget,
     WebhookURLRefused,
+    decode_secret,
     resolve_target,
     signed_headers,
     signing_key,
@@ -51,6 +53,7 @@ class Delivery:
     url: str
     payload: dict[str, Any]
     attempt: int
+    tenant: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ class Relay:
         settings: Settings,
         db: Database,
         *,
-        key: bytes | None = None,
+        key: bytes | None = None,  # the deployment's secret (see keys.tenant_webhook_secrets)
         concurrency: int = 32,
     ) -> None:
         self.settings = settings
@@ -137,14 +140,18 @@ class Relay:
             .where(WebhookEvent.id.in_(pick.scalar_subquery()), due)
             .values(attempts=WebhookEvent.attempts + 1, next_attempt_at=now + self.lease)
             .returning(
-                WebhookEvent.id, WebhookEvent.url, WebhookEvent.payload, WebhookEvent.attempts
+                WebhookEvent.id,
+                WebhookEvent.url,
+                WebhookEvent.payload,
+                WebhookEvent.attempts,
+                WebhookEvent.tenant,
             )
             .execution_options(synchronize_session=False)
         )
         async with self.db.session() as session:
             rows = (await session.execute(stmt)).all()
             await session.commit()
-        return [Delivery(r.id, r.url, r.payload, r.attempts) for r in rows]
+        return [Delivery(r.id, r.url, r.payload, r.attempts, r.tenant) for r in rows]
 
     async def deliver(self, delivery: Delivery) -> Outcome:
         """One attempt: vet the URL again, POST the signed payload, record the outcome."""
@@ -174,7 +181,7 @@ class Relay:
         body = json.dumps(delivery.payload, separators=(",", ":")).encode()
         headers = {
             "content-type": "application/json",
-            **signed_headers(self.key, delivery.id, body, int(time.time())),
+            **signed_headers(await self._keys(delivery), delivery.id, body, int(time.time())),
         }
         error = "no address to connect to"
         for address in target.addresses:
@@ -190,6 +197,15 @@ class Relay:
                 return Outcome(delivery, f"{type(exc).__name__}: {exc}")
             return Outcome(delivery, None if 200 <= status < 300 else f"HTTP {status}")
         return Outcome(delivery, error)
+
+    async def _keys(self, delivery: Delivery) -> list[bytes]:
+        # Read per attempt, so a rotation or a revocation applies to the next delivery.
+        async with self.db.session() as session:
+            found = await tenant_webhook_secrets(session, delivery.tenant)
+        keys = [decode_secret(secret) for secret in found.secrets]
+        if found.deployment:
+            keys.append(self.key)
+        return keys
 
     async def _post(
         self, target: WebhookTarget, address: IPAddress, body: bytes, headers: dict[str, str]
