@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     # Uploads.
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
     max_file_lines: int = Field(default=100_000, gt=0)
+    # A longer line of a batch file fails alone (`line_too_long`), read in small pieces:
+    # an upload's memory grows with this limit, never with the longest line.
+    max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_request_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
     # Webhooks: the Standard Webhooks signing secret (`whsec_<base64>`; in development a
     # default is kept under `home`), internal hosts they may reach, and the relay's retries.

@@ -2,101 +2,62 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Iterable
-from dataclasses import dataclass, replace
-from itertools import islice
-from typing import IO, Any
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
+from typing import IO
 
 import anyio
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from promptq.db import unstorable
+from promptq.batch_input import (
+    SUPPORTED_URLS,
+    ParsedLine,
+    parse_line,
+    read_raw_lines,
+    too_long,
+)
+from promptq.chat_request import MAX_FILENAME
 from promptq.errors import InvalidRequest
 from promptq.ids import new_id
 from promptq.models import File, FileLine, FilePurpose
 
-__all__ = ["SUPPORTED_URLS", "ParsedLine", "parse_line", "store_upload", "stream_input_lines"]
+__all__ = [
+    "SUPPORTED_URLS",
+    "ParsedLine",
+    "parse_line",
+    "read_lines",
+    "store_upload",
+    "stream_input_lines",
+]
 
-SUPPORTED_URLS = ("/v1/chat/completions",)
 _INSERT_ROWS = 1000  # rows per bulk INSERT: bounded memory, few round trips
+_INSERT_BYTES = 16 * 1024 * 1024  # and at most about this much line text per INSERT
 
 
-@dataclass(frozen=True)
-class ParsedLine:
-    """One input line: what it asks for, or why it cannot run."""
-
-    raw: str
-    custom_id: str | None = None
-    method: str | None = None
-    url: str | None = None
-    model: str | None = None
-    body: dict[str, Any] | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-def _fail(raw: str, code: str, message: str, obj: dict[str, Any] | None = None) -> ParsedLine:
-    custom_id = obj.get("custom_id") if obj else None
-    return ParsedLine(
-        raw=raw,
-        custom_id=custom_id if isinstance(custom_id, str) else None,
-        error_code=code,
-        error_message=message,
-    )
-
-
-def parse_line(raw: str) -> tuple[ParsedLine, bool]:
-    """Check one JSONL line; the flag says whether it was JSON at all."""
-    try:
-        obj = json.loads(raw)
-    except (ValueError, RecursionError) as exc:  # also too deep, or an integer too long
-        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else str(exc)
-        return _fail(raw, "invalid_json", f"Line is not valid JSON: {reason}."), False
-    if not isinstance(obj, dict):
-        return _fail(raw, "invalid_request", "Line must be a JSON object."), True
-    found = unstorable(obj)
-    if found is not None:
-        safe = None if unstorable(obj.get("custom_id")) else obj
-        message = f"{found[0] or 'Line'} contains {found[1]}, which promptq cannot store."
-        return _fail(raw, "invalid_request", message, safe), True
-    custom_id = obj.get("custom_id")
-    if not isinstance(custom_id, str) or not custom_id:
-        return _fail(raw, "missing_custom_id", "Line has no custom_id (a string).", obj), True
-    method, url, body = obj.get("method"), obj.get("url"), obj.get("body")
-    if method != "POST":
-        return _fail(raw, "invalid_method", f"method must be 'POST', not {method!r}.", obj), True
-    if url not in SUPPORTED_URLS:
-        return _fail(raw, "invalid_url", f"url must be one of {list(SUPPORTED_URLS)}.", obj), True
-    if not isinstance(body, dict):
-        return _fail(raw, "invalid_body", "body must be a JSON object.", obj), True
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        return _fail(raw, "missing_model", "body.model is required.", obj), True
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
-        return _fail(raw, "invalid_body", "body.messages must be a non-empty list.", obj), True
-    return ParsedLine(raw, custom_id, method, url, model, body), True
-
-
-def _read_lines(stream: IO[bytes], max_lines: int) -> Iterable[tuple[int, ParsedLine, bool]]:
+def read_lines(
+    stream: IO[bytes], max_lines: int, max_line_bytes: int
+) -> Iterator[tuple[int, ParsedLine, bool]]:
     seen: set[str] = set()
     line_no = 0
-    for raw_bytes in stream:
-        text = raw_bytes.decode("utf-8", errors="replace").strip()
-        if not text:
-            continue
+    for line in read_raw_lines(stream, max_line_bytes):
+        if not line.complete:
+            parsed, was_json = too_long(line, max_line_bytes), True
+        else:
+            text = line.data.decode("utf-8", errors="replace").strip()
+            if not text:
+                continue
+            parsed, was_json = parse_line(text)
+            if "\x00" in text:  # never valid JSON; Postgres text cannot hold it: store U+FFFD
+                parsed = replace(parsed, raw=text.replace("\x00", "\ufffd"))
         line_no += 1
         if line_no > max_lines:
             raise InvalidRequest(
                 "too_many_lines", f"A batch file may have at most {max_lines} lines.", 413
             )
-        parsed, was_json = parse_line(text)
-        if "\x00" in text:  # never valid JSON; Postgres text cannot hold it, so store U+FFFD
-            parsed = replace(parsed, raw=text.replace("\x00", "\ufffd"))
         if parsed.error_code is None and parsed.custom_id in seen:
             parsed = ParsedLine(
-                raw=text,
+                raw=parsed.raw,
                 custom_id=parsed.custom_id,
                 error_code="duplicate_custom_id",
                 error_message=f"custom_id {parsed.custom_id!r} appears on an earlier line.",
@@ -106,19 +67,42 @@ def _read_lines(stream: IO[bytes], max_lines: int) -> Iterable[tuple[int, Parsed
         yield line_no, parsed, was_json
 
 
+def _next_block(
+    lines: Iterator[tuple[int, ParsedLine, bool]],
+) -> list[tuple[int, ParsedLine, bool]]:
+    block: list[tuple[int, ParsedLine, bool]] = []
+    size = 0
+    for item in lines:
+        block.append(item)
+        size += len(item[1].raw)
+        if len(block) >= _INSERT_ROWS or size >= _INSERT_BYTES:
+            break
+    return block
+
+
 async def store_upload(
-    session: AsyncSession, tenant: str, filename: str, stream: IO[bytes], max_lines: int
+    session: AsyncSession,
+    tenant: str,
+    filename: str,
+    stream: IO[bytes],
+    max_lines: int,
+    max_line_bytes: int,
 ) -> File:
-    """Parse `stream` line by line and store the file and its lines; 400 if nothing is JSON."""
+    """Parse `stream` line by line and store the file and its lines; 400 if nothing is JSON.
+    A line longer than `max_line_bytes` fails alone, and is never held in memory whole."""
     filename = filename.replace("\x00", "\ufffd")  # a multipart header may hold one; text cannot
+    if len(filename) > MAX_FILENAME:
+        raise InvalidRequest(
+            "filename_too_long", f"The file name may have at most {MAX_FILENAME} characters."
+        )
     file = File(id=new_id("file-"), tenant=tenant, purpose=FilePurpose.BATCH, filename=filename)
     session.add(file)
     await session.flush()
     lines = json_lines = size = 0
-    parsed_lines = _read_lines(stream, max_lines)
+    parsed_lines = read_lines(stream, max_lines, max_line_bytes)
     while True:
         # Reading and parsing are blocking work: do them off the event loop, a block at a time.
-        block = await anyio.to_thread.run_sync(lambda: list(islice(parsed_lines, _INSERT_ROWS)))
+        block = await anyio.to_thread.run_sync(_next_block, parsed_lines)
         if not block:
             break
         rows = []

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from promptq.chat_request import MAX_WEBHOOK_URL, ChatRequest, Metadata
 from promptq.db import unstorable
 from promptq.views import BatchOut, FileOut, JobOut, batch_out, file_out, job_out
 
@@ -64,31 +65,15 @@ class _Input(BaseModel):
         return data
 
 
-class Message(BaseModel):
-    """One chat message; content may be text or OpenAI content parts."""
-
-    model_config = ConfigDict(extra="allow")
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | list[dict[str, Any]] | None = None
-
-
-class JobCreate(_Input):
+class JobCreate(_Input, ChatRequest):
     """A chat-completions request plus promptq's own fields; other OpenAI sampling
     parameters (response_format, seed, ...) pass through to the backend."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: str = Field(min_length=1, max_length=200)
-    messages: list[Message] = Field(min_length=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    stop: str | list[str] | None = None
-    seed: int | None = None
     priority: int = Priority
-    metadata: dict[str, str] | None = None
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    metadata: Metadata | None = None
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL)
 
     def request_body(self) -> dict[str, Any]:
         """The body sent to the backend: everything but promptq's own fields."""
@@ -101,9 +86,9 @@ class BatchCreate(_Input):
     input_file_id: str = Field(min_length=1, max_length=40)
     endpoint: str
     completion_window: str = "24h"
-    metadata: dict[str, str] | None = None
+    metadata: Metadata | None = None
     priority: int | None = Field(default=None, ge=0, le=9)
-    webhook_url: str | None = Field(default=None, max_length=2000)
+    webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL)
 
 
 class BatchList(BaseModel):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tracemalloc
 
 import pytest
 
-from promptq.files import parse_line
+from promptq.files import parse_line, read_lines
 
 
 def _line(**overrides: object) -> str:
@@ -70,3 +72,68 @@ def test_a_line_with_an_unstorable_custom_id_fails_without_it() -> None:
     assert parsed.error_message == (
         "custom_id contains a NUL character (\\u0000), which promptq cannot store."
     )
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "where"),
+    [
+        (_line(custom_id="c" * 600), "custom_id_too_long", "custom_id"),
+        (
+            _line(body={"model": "m" * 300, "messages": [{"role": "user"}]}),
+            "model_too_long",
+            "model",
+        ),
+        (_with_body(temperature=99), "invalid_body", "body.temperature"),
+        (_with_body(priority=-7), "invalid_body", "body.priority"),
+        (_with_body(top_p=0), "invalid_body", "body.top_p"),
+        (_with_body(max_tokens=0), "invalid_body", "body.max_tokens"),
+        (
+            _with_body(messages=[{"role": "wizard", "content": "x"}]),
+            "invalid_body",
+            "body.messages",
+        ),
+        (_with_body(metadata={f"k{i}": "v" for i in range(17)}), "invalid_body", "body.metadata"),
+        (_with_body(metadata={"k" * 65: "v"}), "invalid_body", "body.metadata"),
+        (_with_body(metadata={"k": "v" * 513}), "invalid_body", "body.metadata"),
+    ],
+)
+def test_a_field_past_its_limit_fails_its_line_with_a_stable_code(
+    raw: str, code: str, where: str
+) -> None:
+    parsed, _ = parse_line(raw)
+    assert parsed.error_code == code
+    assert parsed.error_message is not None and where in parsed.error_message
+    # Nothing past a column's size is kept: the line can be stored as a failed job.
+    assert parsed.custom_id is None or len(parsed.custom_id) <= 512
+    assert parsed.model is None
+
+
+def test_limits_at_their_edge_pass() -> None:
+    body = {
+        "model": "m" * 200,
+        "messages": [{"role": "user", "content": "x"}],
+        "temperature": 2,
+        "priority": 0,
+        "metadata": {f"{i:064d}": "v" * 512 for i in range(16)},
+    }
+    parsed, _ = parse_line(_line(custom_id="c" * 512, body=body))
+    assert parsed.error_code is None, parsed.error_message
+
+
+def test_an_over_long_line_fails_alone_and_is_never_held_whole() -> None:
+    # Given a file whose second line is 40 MB, with a 1 MB line limit
+    big = json.dumps({"custom_id": "big", "body": {"x": "y" * 40_000_000}}).encode()
+    data = b"\n".join([_line(custom_id="a").encode(), big, _line(custom_id="b").encode(), b""])
+    stream = io.BytesIO(data)
+    del big
+    # When it is read
+    tracemalloc.start()
+    lines = list(read_lines(stream, max_lines=10, max_line_bytes=1 << 20))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    # Then the long line fails as line_too_long with its custom_id, the others are intact
+    codes = [(no, parsed.custom_id, parsed.error_code) for no, parsed, _ in lines]
+    assert codes == [(1, "a", None), (2, "big", "line_too_long"), (3, "b", None)]
+    assert len(lines[1][1].raw) <= 1001
+    # And reading it cost a small multiple of the line limit, not of the line
+    assert peak < 8 * (1 << 20), peak

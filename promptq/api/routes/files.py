@@ -63,6 +63,7 @@ async def _store(
         file.filename or "upload.jsonl",
         file.file,
         state.settings.max_file_lines,
+        state.settings.max_line_bytes,
     )
     return file_out(stored)
 
