@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -13,7 +14,7 @@ __all__ = ["BodySizeLimit"]
 
 
 class _TooLarge(Exception):
-    pass
+    """The body passed its limit while the app was reading it."""
 
 
 class BodySizeLimit:
@@ -35,28 +36,42 @@ class BodySizeLimit:
         if length is not None and length.isdigit() and (len(length) > 18 or int(length) > limit):
             await _refuse(send, limit)
             return
+        await self._counted(scope, receive, send, limit)
+
+    async def _counted(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        # A body without a length (chunked) is counted as it arrives. The app may catch
+        # the overflow while parsing (Starlette turns any form or JSON read error into a
+        # 400), so the overflow is remembered and decides the response, whatever the app
+        # answers.
         received = 0
-        started = False
+        over = started = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, over
+            if over:
+                raise _TooLarge
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
+                    over = True
                     raise _TooLarge
             return message
 
-        async def tracking_send(message: Message) -> None:
+        async def guarded_send(message: Message) -> None:
             nonlocal started
+            if over:
+                if not started:
+                    started = True
+                    await _refuse(send, limit)
+                return  # the app's own answer to the overflow is dropped
             started = started or message["type"] == "http.response.start"
             await send(message)
 
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _refuse(send, limit)
+        with contextlib.suppress(_TooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if over and not started:
+            await _refuse(send, limit)
 
 
 async def _refuse(send: Send, limit: int) -> None:
