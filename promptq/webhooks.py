@@ -40,6 +40,7 @@ __all__ = [
     "WebhookURLRefused",
     "check_webhook_url",
     "decode_secret",
+    "embedded_ipv4",
     "emit",
     "new_secret",
     "refusal",
@@ -181,10 +182,23 @@ class AllowList:
         return any(address in network for network in self.networks)
 
 
-def refusal(address: IPAddress) -> str | None:
-    """Why a webhook may not go to `address` (e.g. 'private'), or None for a public one."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
+
+
+def embedded_ipv4(address: IPAddress) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries and reaches: IPv4-mapped, 6to4
+    (2002::/16), Teredo (2001::/32, server and client) and NAT64 (64:ff9b::/96)."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return []
+    found = [a for a in (address.ipv4_mapped, address.sixtofour) if a is not None]
+    if address.teredo is not None:
+        found.extend(address.teredo)
+    if address in _NAT64:
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
+
+
+def _kind(address: IPAddress) -> str | None:
     # The specific kinds first: 169.254.169.254 is "private" too, but "link-local" says more.
     for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
         if getattr(address, f"is_{kind}"):
@@ -192,6 +206,21 @@ def refusal(address: IPAddress) -> str | None:
     if not address.is_global:
         return "non-global"
     return None
+
+
+def refusal(address: IPAddress) -> str | None:
+    """Why a webhook may not go to `address` (e.g. 'private'), or None for a public one.
+    An IPv6 address that carries an IPv4 one is judged by what it reaches."""
+    embedded = embedded_ipv4(address)
+    for inner in embedded:
+        reason = _kind(inner)
+        if reason is not None:
+            return reason
+    if isinstance(address, ipaddress.IPv6Address) and (
+        address.ipv4_mapped is not None or address in _NAT64
+    ):
+        return None  # these reach exactly the (public) IPv4 address they carry
+    return _kind(address)
 
 
 @dataclass(frozen=True)
@@ -218,6 +247,15 @@ def _split(url: str) -> tuple[SplitResult, str, int]:
     return parts, parts.hostname, port
 
 
+def _refused(host: str) -> WebhookURLRefused:
+    # One message whatever the cause: what a name resolves to (or that it does not) stays
+    # inside, so the API cannot be used to map internal names.
+    return WebhookURLRefused(
+        f"webhook_url host {host!r} cannot be called: it does not resolve to a public "
+        "address (promptq does not call internal addresses; see webhook_allowed_hosts)."
+    )
+
+
 async def _resolve(host: str, port: int) -> list[IPAddress]:
     try:
         return [ipaddress.ip_address(host)]
@@ -228,14 +266,16 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
         async with asyncio.timeout(_RESOLVE_TIMEOUT):
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (OSError, TimeoutError, UnicodeError) as exc:  # UnicodeError: not a valid IDNA name
-        raise WebhookURLRefused(f"webhook_url host {host!r} cannot be resolved ({exc}).") from None
+        log.info("webhook.url_unresolved", host=host, error=repr(exc)[:200])
+        raise _refused(host) from None
     found: list[IPAddress] = []
     for *_, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
         if address not in found:
             found.append(address)
     if not found:
-        raise WebhookURLRefused(f"webhook_url host {host!r} has no address.")
+        log.info("webhook.url_unresolved", host=host, error="no address")
+        raise _refused(host)
     return found
 
 
@@ -247,11 +287,24 @@ async def resolve_target(url: str, allow: AllowList) -> WebhookTarget:
         for address in addresses:
             reason = refusal(address)
             if reason is not None and not allow.allows_address(address):
-                raise WebhookURLRefused(
-                    f"webhook_url host {host!r} resolves to {address}, a {reason} address; "
-                    "promptq does not call internal addresses (see webhook_allowed_hosts)."
-                )
+                log.info("webhook.url_internal", host=host, address=str(address), kind=reason)
+                if _is_literal(host):
+                    # The client wrote the address itself: saying what kind it is reveals
+                    # nothing.
+                    raise WebhookURLRefused(
+                        f"webhook_url names a {reason} address; promptq does not call "
+                        "internal addresses (see webhook_allowed_hosts)."
+                    )
+                raise _refused(host)
     return WebhookTarget(url=url, host=host, port=port, addresses=addresses)
+
+
+def _is_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 async def check_webhook_url(url: str, settings: Settings) -> None:

@@ -3,6 +3,7 @@ micro-batches so that continuous batching always sees many requests."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,44 @@ from promptq.workers.completion import Backend
 if TYPE_CHECKING:
     from promptq.workers.vllm_engine import EngineOptions
 
-__all__ = ["engine_options", "gpu_in_flight", "make_gpu_backend", "resolve_source"]
+__all__ = [
+    "default_cpu_kvcache_gib",
+    "engine_options",
+    "gpu_in_flight",
+    "make_gpu_backend",
+    "resolve_source",
+]
+
+# Without a size, vLLM's CPU backend sizes its KV cache from gpu_memory_utilization (0.92)
+# of the machine's memory, and the worker dies at start-up on a shared host. promptq asks
+# for a quarter of the memory available now, within these bounds.
+_CPU_KVCACHE_SHARE = 0.25
+_CPU_KVCACHE_MIN_GIB = 0.5
+_CPU_KVCACHE_MAX_GIB = 4.0
+
+
+def _available_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return None
+
+
+def default_cpu_kvcache_gib() -> float | None:
+    """The KV cache size for a vllm entry that names none: None when the operator set
+    VLLM_CPU_KVCACHE_SPACE (theirs wins), else a quarter of the available memory, kept
+    between 0.5 and 4 GiB (4 GiB when the available memory cannot be read)."""
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        return None
+    available = _available_gib()
+    if available is None:
+        return _CPU_KVCACHE_MAX_GIB
+    share = round(available * _CPU_KVCACHE_SHARE * 2) / 2  # in half GiB steps
+    return max(_CPU_KVCACHE_MIN_GIB, min(_CPU_KVCACHE_MAX_GIB, share))
 
 
 def resolve_source(entry: ModelEntry, settings: Settings) -> str:
@@ -52,7 +90,8 @@ def engine_options(entry: ModelEntry, settings: Settings) -> EngineOptions:
         max_num_seqs=entry.max_num_seqs,
         dtype=dtype,
         gpu_memory_utilization=entry.gpu_memory_utilization,
-        cpu_kvcache_gib=entry.cpu_kvcache_gib,
+        # Used only on vLLM's CPU backend; a GPU sizes its cache by gpu_memory_utilization.
+        cpu_kvcache_gib=entry.cpu_kvcache_gib or default_cpu_kvcache_gib(),
         enforce_eager=entry.enforce_eager,
     )
 

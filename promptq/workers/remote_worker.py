@@ -12,6 +12,7 @@ from promptq.catalog import Backend as BackendKind
 from promptq.catalog import ModelEntry
 from promptq.errors import RateLimited, RetryableError, TerminalError
 from promptq.retry import parse_retry_after
+from promptq.scrub import scrub_credentials
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 
 __all__ = ["AnthropicBackend", "OpenAIBackend", "make_http_session", "make_remote_backend"]
@@ -25,6 +26,7 @@ _CONNECT_TIMEOUT = 10.0
 # the server is closing.
 _KEEPALIVE_SECONDS = 4.0
 _JSON_HEADERS = {"Content-Type": "application/json"}
+_SECRET_HEADERS = ("authorization", "x-api-key")
 
 
 def make_http_session(max_connections: int, timeout: float) -> aiohttp.ClientSession:
@@ -51,10 +53,13 @@ def _error_message(body: bytes, reason: str) -> str:
     return text[:500]
 
 
-def _raise_for_status(status: int, body: bytes, reason: str, retry_after: str | None) -> None:
+def _raise_for_status(
+    status: int, body: bytes, reason: str, retry_after: str | None, known: list[str]
+) -> None:
     if status < 400:
         return
-    message = _error_message(body, reason)
+    # Tenants see this text: a provider echoing a request header must not leak our key.
+    message = scrub_credentials(_error_message(body, reason), known)
     if status == 429:
         raise RateLimited(message, parse_retry_after(retry_after))
     if status in (408, 409) or status >= 500:
@@ -65,6 +70,9 @@ def _raise_for_status(status: int, body: bytes, reason: str, retry_after: str | 
 async def _post(
     session: aiohttp.ClientSession, url: str, body: dict[str, Any], headers: dict[str, str]
 ) -> dict[str, Any]:
+    secrets = [
+        v.removeprefix("Bearer ") for k, v in headers.items() if k.lower() in _SECRET_HEADERS
+    ]
     try:
         data = json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         async with session.post(url, data=data.encode(), headers=headers) as response:
@@ -72,12 +80,12 @@ async def _post(
             status, reason = response.status, response.reason or ""
             retry_after = response.headers.get("Retry-After")
     except TimeoutError as exc:  # aiohttp's timeouts are TimeoutError too
-        raise RetryableError(
-            "provider_timeout", f"The provider did not answer in time: {exc!r}"
-        ) from exc
+        message = scrub_credentials(f"The provider did not answer in time: {exc!r}", secrets)
+        raise RetryableError("provider_timeout", message) from exc
     except aiohttp.ClientError as exc:  # refused, reset, closed early, malformed answer
-        raise RetryableError("provider_unreachable", f"Cannot reach the provider: {exc!r}") from exc
-    _raise_for_status(status, raw, reason, retry_after)
+        message = scrub_credentials(f"Cannot reach the provider: {exc!r}", secrets)
+        raise RetryableError("provider_unreachable", message) from exc
+    _raise_for_status(status, raw, reason, retry_after, secrets)
     try:
         data = json.loads(raw)
     except ValueError as exc:

@@ -65,6 +65,16 @@ def test_a_tampered_body_or_another_secret_does_not_verify() -> None:
         ("::ffff:127.0.0.1", "loopback"),
         ("8.8.8.8", None),
         ("2606:4700:4700::1111", None),
+        # IPv6 addresses that carry an IPv4 one are judged by what they reach.
+        ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
+        ("2002:a00:1::1", "private"),  # 6to4 of 10.0.0.1
+        ("2002:a9fe:a9fe::", "link-local"),  # 6to4 of 169.254.169.254
+        ("2002:808:808::1", None),  # 6to4 of 8.8.8.8
+        ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+        ("64:ff9b::a9fe:a9fe", "link-local"),  # NAT64 of 169.254.169.254
+        ("64:ff9b::808:808", None),  # NAT64 of 8.8.8.8
+        ("2001:0:4136:e378:8000:63bf:80ff:fffe", "loopback"),  # Teredo, client 127.0.0.1
+        ("2001:0:a00:1:8000:63bf:3fff:fdd2", "private"),  # Teredo, server 10.0.0.1
     ],
 )
 def test_internal_addresses_are_named_and_public_ones_pass(address: str, reason: str) -> None:
@@ -83,6 +93,9 @@ def _resolve(url: str, allow: list[str] | None = None) -> list[str]:
         "https://169.254.169.254/",
         "http://[::1]:9000/",
         "http://[::ffff:192.168.0.1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",
         "http://localhost/hook",
         "ftp://example.com/hook",
         "file:///etc/passwd",
@@ -144,3 +157,18 @@ def test_allowed_hosts_come_as_json_or_comma_separated(
 ) -> None:
     monkeypatch.setenv("PROMPTQ_WEBHOOK_ALLOWED_HOSTS", raw)
     assert Settings().webhook_allowed_hosts == hosts
+
+
+@pytest.mark.parametrize("url", ["http://localhost/hook", "http://no-such-host.invalid/hook"])
+def test_a_refusal_never_says_what_a_name_resolves_to(url: str) -> None:
+    # An internal name and an unresolvable one get the same answer, with no address in it
+    with pytest.raises(WebhookURLRefused) as refused:
+        _resolve(url)
+    message = refused.value.message
+    assert "127.0.0.1" not in message and "::1" not in message
+    assert "resolves to" not in message and "Errno" not in message
+    host = url.split("/")[2]
+    assert message == (
+        f"webhook_url host {host!r} cannot be called: it does not resolve to a public "
+        "address (promptq does not call internal addresses; see webhook_allowed_hosts)."
+    )
