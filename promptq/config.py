@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     # an upload's memory grows with this limit, never with the longest line.
     max_line_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_request_bytes: int = Field(default=2 * 1024 * 1024, gt=0)
+    # Heavy requests one tenant may have in progress at once (across API processes): more
+    # get 429, so one tenant's downloads or uploads cannot take the API from the others.
+    tenant_max_downloads: int = Field(default=4, ge=1)
+    tenant_max_uploads: int = Field(default=2, ge=1)
     # Webhooks: the Standard Webhooks signing secret (`whsec_<base64>`; in development a
     # default is kept under `home`), internal hosts they may reach, and the relay's retries.
     webhook_secret: SecretStr | None = None

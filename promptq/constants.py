@@ -10,9 +10,11 @@ __all__ = [
     "PRIORITY_STEPS",
     "REMOTE_QUEUE",
     "TASK_RUN_CHUNK",
+    "TENANT_SLOTS_PREFIX",
     "WORKER_BEAT_PREFIX",
     "broker_list",
     "gpu_queue",
+    "tenant_slots_key",
     "worker_beat_key",
 ]
 
@@ -48,3 +50,12 @@ def worker_beat_key(kind: str, owner: str) -> str:
 def broker_list(queue: str, step: int) -> str:
     """The Redis list that holds `queue`'s messages at priority `step`."""
     return f"{queue}{BROKER_PRIORITY_SEP}{step}" if step else queue
+
+
+#: Per tenant and kind of heavy request: the requests in progress (promptq.api.limits).
+TENANT_SLOTS_PREFIX = "promptq:slots:"
+
+
+def tenant_slots_key(kind: str, tenant: str) -> str:
+    """The sorted set counting one tenant's heavy requests of one kind."""
+    return f"{TENANT_SLOTS_PREFIX}{kind}:{tenant}"

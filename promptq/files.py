@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import IO
 
@@ -28,7 +28,6 @@ __all__ = [
     "parse_line",
     "read_lines",
     "store_upload",
-    "stream_input_lines",
 ]
 
 _INSERT_ROWS = 1000  # rows per bulk INSERT: bounded memory, few round trips
@@ -117,16 +116,3 @@ async def store_upload(
     file.line_count, file.bytes = lines, size
     await session.commit()
     return file
-
-
-async def stream_input_lines(session: AsyncSession, file_id: str) -> AsyncIterator[bytes]:
-    """The stored lines of an input file, in order, as JSONL bytes."""
-    stmt = (
-        sa.select(FileLine.raw)
-        .where(FileLine.file_id == file_id)
-        .order_by(FileLine.line_no)
-        .execution_options(yield_per=1000)
-    )
-    result = await session.stream_scalars(stmt)
-    async for raw in result:
-        yield (raw + "\n").encode()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated, Literal
 
 import anyio
@@ -11,10 +12,11 @@ from pydantic import BaseModel
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.api.deps import AppState, CurrentKey, IdempotencyDep, SessionDep, StateDep, owned
+from promptq.api.limits import TenantSlots
 from promptq.api.schemas import FileOut, file_out
-from promptq.batches import stream_results
 from promptq.errors import InvalidRequest
-from promptq.files import store_upload, stream_input_lines
+from promptq.file_content import file_content
+from promptq.files import store_upload
 from promptq.idempotency import file_sha256
 from promptq.models import ApiKey, File, FilePurpose
 from promptq.retention import delete_file
@@ -39,7 +41,8 @@ async def create_file(
     state: StateDep,
     idempotency: IdempotencyDep,
 ) -> JSONResponse:
-    """Upload a JSONL batch input; each line is checked now, bad lines fail alone later."""
+    """Upload a JSONL batch input; each line is checked now, bad lines fail alone later.
+    At most `tenant_max_uploads` per tenant are parsed at once (429 beyond)."""
     content = None
     if idempotency.key is not None:  # the upload is spooled to disk: hash it from there
         content = {
@@ -47,7 +50,14 @@ async def create_file(
             "purpose": purpose,
             "filename": file.filename,
         }
-    return await idempotency.respond(content, lambda: _store(file, purpose, key, session, state))
+    slots = TenantSlots(state.redis)
+    slot = await slots.acquire(key.tenant, "uploads", state.settings.tenant_max_uploads)
+    try:
+        return await idempotency.respond(
+            content, lambda: _store(file, purpose, key, session, state)
+        )
+    finally:
+        await slots.release(slot)
 
 
 async def _store(
@@ -75,21 +85,28 @@ async def get_file(file_id: str, key: CurrentKey, session: SessionDep) -> FileOu
 
 
 @router.get("/{file_id}/content", operation_id="get_file_content", response_class=StreamingResponse)
-async def get_file_content(file_id: str, key: CurrentKey, state: StateDep) -> StreamingResponse:
-    """A file's JSONL content, streamed: input lines, or a batch's output or error lines."""
-    async with state.db.session() as session:
-        file = owned(await session.get(File, file_id), key, "file", file_id)
+async def get_file_content(
+    file_id: str, key: CurrentKey, session: SessionDep, state: StateDep
+) -> StreamingResponse:
+    """A file's JSONL content, streamed: input lines, or a batch's output or error lines.
+    At most `tenant_max_downloads` per tenant at once (429 beyond)."""
+    file = owned(await session.get(File, file_id), key, "file", file_id)
+    # The request's session (shared with the key lookup) goes back to the pool now: the
+    # content is read a page at a time, each from a short session of its own, so a client
+    # that reads slowly, or not at all, holds no database connection.
+    await session.close()
+    slots = TenantSlots(state.redis)
+    slot = await slots.acquire(key.tenant, "downloads", state.settings.tenant_max_downloads)
 
-    async def lines() -> object:
-        async with state.db.session() as session:
-            if file.purpose == FilePurpose.BATCH:
-                source = stream_input_lines(session, file.id)
-            else:
-                source = stream_results(session, file.batch_id or "", FilePurpose(file.purpose))
-            async for chunk in source:
-                yield chunk
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            async for page in file_content(state.db, file):
+                yield page
+                await slots.renew(slot)
+        finally:
+            await slots.release(slot)
 
-    return StreamingResponse(lines(), media_type="application/jsonl")  # type: ignore[arg-type]
+    return StreamingResponse(chunks(), media_type="application/jsonl")
 
 
 @router.delete(
