@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import tempfile
 import threading
@@ -35,13 +34,17 @@ from bench.common import (
 MIB = 1024
 
 
-def _line(custom_id: str, text: str) -> str:
+def batch_line(custom_id: str, text: str) -> str:
+    """One chat line of a batch input file."""
     body = {"model": "sim-gpt", "messages": [{"role": "user", "content": text}]}
     line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
     return json.dumps(line)
 
 
-def _start(stack: ExitStack, db_url: str, log_dir: Path) -> tuple[Proc, str]:
+def start_api(
+    stack: ExitStack, db_url: str, log_dir: Path, extra: dict[str, str] | None = None
+) -> tuple[Proc, str]:
+    """Redis and an API process on a fresh port, stopped when `stack` closes."""
     redis_port = free_port()
     redis_args = [redis_server_binary(), "--port", str(redis_port), "--save", ""]
     redis = Proc("redis", redis_args, {}, log_dir)
@@ -52,7 +55,7 @@ def _start(stack: ExitStack, db_url: str, log_dir: Path) -> tuple[Proc, str]:
         "PROMPTQ_HOME": str(log_dir),
         "PROMPTQ_MAX_UPLOAD_BYTES": str(400 * 1024 * 1024),
         "PROMPTQ_MAX_FILE_LINES": "1000000",
-        **({"PYTHONASYNCIODEBUG": "1"} if os.environ.get("BENCH_ASYNCIO_DEBUG") else {}),
+        **(extra or {}),
     }
     port = free_port()
     api = Proc.promptq("api", ["api", "--port", str(port)], env, log_dir)
@@ -62,7 +65,8 @@ def _start(stack: ExitStack, db_url: str, log_dir: Path) -> tuple[Proc, str]:
     return api, url
 
 
-def _upload(client: httpx.Client, path: Path) -> dict[str, Any]:
+def upload_file(client: httpx.Client, path: Path) -> dict[str, Any]:
+    """POST /v1/files; the file object."""
     with path.open("rb") as fh:
         response = client.post(
             "/v1/files", files={"file": (path.name, fh)}, data={"purpose": "batch"}, timeout=600
@@ -76,11 +80,11 @@ def huge_line(client: httpx.Client, api: Proc, work: Path, megabytes: int) -> di
     """Upload one line of `megabytes` MB between two small ones; the API's peak RSS."""
     path = work / "huge.jsonl"
     with path.open("w") as fh:
-        fh.write(_line("a", "small") + "\n")
-        fh.write(_line("huge", "x" * (megabytes * 1_000_000)) + "\n")
-        fh.write(_line("b", "small") + "\n")
+        fh.write(batch_line("a", "small") + "\n")
+        fh.write(batch_line("huge", "x" * (megabytes * 1_000_000)) + "\n")
+        fh.write(batch_line("b", "small") + "\n")
     before = proc_status_kib(api.pid, "VmRSS")
-    file = _upload(client, path)
+    file = upload_file(client, path)
     peak = proc_status_kib(api.pid, "VmHWM")
     path.unlink()
     return {
@@ -96,7 +100,7 @@ def healthz_during_upload(client: httpx.Client, url: str, work: Path, lines: int
     path = work / "many.jsonl"
     with path.open("w") as fh:
         for i in range(lines):
-            fh.write(_line(f"l-{i}", f"document {i} " + "words " * 40) + "\n")
+            fh.write(batch_line(f"l-{i}", f"document {i} " + "words " * 40) + "\n")
     latencies: list[float] = []
     done = threading.Event()
 
@@ -111,7 +115,7 @@ def healthz_during_upload(client: httpx.Client, url: str, work: Path, lines: int
     thread = threading.Thread(target=probe)
     thread.start()
     start = time.perf_counter()
-    _upload(client, path)
+    upload_file(client, path)
     upload_s = time.perf_counter() - start
     done.set()
     thread.join()
@@ -134,7 +138,7 @@ def main() -> None:
     with ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         db_url = stack.enter_context(temp_database(prefix="bench_upload"))
-        api, url = _start(stack, db_url, work)
+        api, url = start_api(stack, db_url, work)
         with api_client(url, make_api_key(db_url, "bench")) as client:
             result = {
                 "machine": machine_info(),
