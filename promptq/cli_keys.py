@@ -7,15 +7,16 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.config import get_settings
-from promptq.db import Database
-from promptq.errors import InvalidRequest
-from promptq.models import ApiKey
+
+if TYPE_CHECKING:  # the commands import what they use when they run: a quick CLI start
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from promptq.models import ApiKey
 
 __all__ = ["register_key_commands"]
 
@@ -23,6 +24,9 @@ T = TypeVar("T")
 
 
 def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
+    from promptq.db import Database
+    from promptq.keys import KeyAdminError
+
     async def _go() -> T:
         db = Database.from_settings(get_settings(), pool_size=1)
         try:
@@ -33,8 +37,8 @@ def _run(work: Callable[[AsyncSession], Awaitable[T]]) -> T:
 
     try:
         return asyncio.run(_go())
-    except InvalidRequest as exc:
-        typer.echo(f"error: {exc.message}", err=True)
+    except KeyAdminError as exc:
+        typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -15,12 +15,13 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from promptq.errors import InvalidRequest
+from promptq.errors import PromptqError
 from promptq.ids import new_id
 from promptq.models import ApiKey, utcnow
 from promptq.webhooks import new_secret
 
 __all__ = [
+    "KeyAdminError",
     "SigningSecrets",
     "create_key",
     "find_key",
@@ -32,6 +33,10 @@ __all__ = [
 ]
 
 _PREFIX = "pq-"
+
+
+class KeyAdminError(PromptqError):
+    """A key administration command cannot do what it was asked (`promptq keys ...`)."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +93,9 @@ def _by_ref(ref: str) -> sa.ColumnElement[bool]:
 async def _one(session: AsyncSession, ref: str) -> ApiKey:
     rows = list((await session.execute(sa.select(ApiKey).where(_by_ref(ref)))).scalars())
     if not rows:
-        raise InvalidRequest("key_not_found", f"No API key {ref!r}.", 404)
+        raise KeyAdminError(f"No API key {ref!r}.")
     if len(rows) > 1:
-        raise InvalidRequest("ambiguous_key", f"{ref!r} names several keys; use the id.", 409)
+        raise KeyAdminError(f"{ref!r} names several keys; use the id.")
     return rows[0]
 
 
@@ -118,7 +123,7 @@ async def rotate_webhook_secret(
     carry both signatures meanwhile). Returns the new secret, shown once."""
     key = await _one(session, ref)
     if key.revoked_at is not None:
-        raise InvalidRequest("key_revoked", f"The key {ref!r} is revoked.", 409)
+        raise KeyAdminError(f"The key {ref!r} is revoked.")
     secret = new_secret()
     key.webhook_secret_previous = key.webhook_secret
     # A key that had no secret of its own was signed with the deployment's: a previous
