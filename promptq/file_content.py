@@ -4,9 +4,11 @@ never holds a database connection while it waits on the network."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from weakref import WeakKeyDictionary
 
 import sqlalchemy as sa
 
@@ -19,6 +21,16 @@ __all__ = ["file_content"]
 # Rows per page. Input lines are at most `max_line_bytes` each; results are small.
 _INPUT_PAGE = 200
 _RESULT_PAGE = 1000
+# Page reads at once per process (per Database): however many downloads run, they take at
+# most this many connections from the pool, and never more than briefly.
+_READERS = 4
+_readers: WeakKeyDictionary[Database, asyncio.Semaphore] = WeakKeyDictionary()
+
+
+async def _page(db: Database, stmt: sa.Executable) -> list[Any]:
+    gate = _readers.setdefault(db, asyncio.Semaphore(_READERS))
+    async with gate, db.session() as session:
+        return list((await session.execute(stmt)).all())
 
 
 async def file_content(db: Database, file: File) -> AsyncIterator[bytes]:
@@ -40,8 +52,7 @@ async def _input_pages(db: Database, file_id: str) -> AsyncIterator[bytes]:
             .order_by(FileLine.line_no)
             .limit(_INPUT_PAGE)
         )
-        async with db.session() as session:
-            rows = (await session.execute(stmt)).all()
+        rows = await _page(db, stmt)
         if not rows:
             return
         after = rows[-1].line_no
@@ -87,8 +98,7 @@ async def _result_pages(db: Database, batch_id: str, purpose: FilePurpose) -> As
             .order_by(Job.line_no)
             .limit(_RESULT_PAGE)
         )
-        async with db.session() as session:
-            rows = (await session.execute(stmt)).all()
+        rows = await _page(db, stmt)
         if not rows:
             return
         after = rows[-1].line_no

@@ -40,10 +40,16 @@ class JobErrorCode(StrEnum):
     INVALID_METHOD = "invalid_method"
     #: The line's url is not supported, or is not the batch's endpoint.
     INVALID_URL = "invalid_url"
-    #: The line's body is not an object, or has no messages.
+    #: The line's body is not an object, has no messages, or fails a check of POST /v1/jobs.
     INVALID_BODY = "invalid_body"
     #: The line's body has no model.
     MISSING_MODEL = "missing_model"
+    #: The line's custom_id is longer than 512 characters.
+    CUSTOM_ID_TOO_LONG = "custom_id_too_long"
+    #: The line's body.model is longer than 200 characters.
+    MODEL_TOO_LONG = "model_too_long"
+    #: The line is longer than max_line_bytes (read in pieces, never whole).
+    LINE_TOO_LONG = "line_too_long"
 
     # -- a remote provider's answer (promptq.workers.remote_worker) ---------------------
     #: The provider answered 429 (retried, honouring Retry-After).

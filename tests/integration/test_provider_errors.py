@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from promptq.catalog import Backend, ModelEntry
-from promptq.errors import JobError
+from promptq.errors import AttemptError
 from promptq.workers.completion import JobRequest
 from promptq.workers.remote_worker import make_http_session, make_remote_backend
 
@@ -56,12 +56,12 @@ async def test_an_echoed_provider_key_is_scrubbed_from_the_error(
     )
     # When a job is sent to it
     try:
-        with pytest.raises(JobError) as failed:
+        with pytest.raises(AttemptError) as failed:
             await make_remote_backend(entry, session).complete(request)
     finally:
         await session.close()
     # Then the error keeps the provider's words but not the key
-    assert failed.value.status_code == 401
+    assert failed.value.provider_status == 401
     assert "Invalid credentials" in failed.value.message
     assert PROVIDER_KEY not in failed.value.message
     assert "EchoedBackToTenants" not in failed.value.message

@@ -20,7 +20,7 @@ API_ERRORS = {"ApiError", "InvalidRequest", "ServiceUnavailable"}
 ATTEMPT_ERRORS = {"AttemptError", "RetryableError", "TerminalError", "_bad_request"}
 #: Where job error codes are written (the relay's backoff borrows RetryableError for
 #: webhook deliveries, which are not jobs).
-JOB_CODE_SOURCES = ("errors.py", "files.py", "batches.py", "jobs", "workers")
+JOB_CODE_SOURCES = ("errors.py", "files.py", "batch_input.py", "batches.py", "jobs", "workers")
 
 
 def doc_codes(section: str) -> set[str]:
