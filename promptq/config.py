@@ -31,6 +31,10 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=_default_home)
     database_url: str = ""  # empty: a SQLite file under `home`
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The API's connection pool (as many again in overflow), and how long a request waits
+    # for a free connection before it is answered 503 `database_busy`.
+    db_pool_size: int = Field(default=10, ge=1, le=1000)
+    db_pool_timeout_seconds: float = Field(default=10.0, gt=0)
     models_file: Path | None = None
 
     # Micro-batches: how many job ids one queue message names.

@@ -86,20 +86,27 @@ def unstorable(value: object, max_depth: int = MAX_JSON_DEPTH) -> tuple[str, str
 class Database:
     """The async engine and session factory of one process."""
 
-    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, pool_timeout: float = 30.0) -> None:
         async_url = sqlalchemy_url(url, asynchronous=True)
         options: dict[str, Any] = {"pool_pre_ping": True}
         if not async_url.startswith("sqlite"):
-            options.update(pool_size=pool_size, max_overflow=pool_size)
+            # A checkout waits at most `pool_timeout` for a free connection, then raises
+            # sqlalchemy.exc.TimeoutError (the API answers 503 database_busy).
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_timeout=pool_timeout)
         self.engine: AsyncEngine = create_async_engine(async_url, **options)
         if self.engine.dialect.name == "sqlite":
             event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, pool_size: int = 10) -> Database:
-        """The database the settings name."""
-        return cls(settings.effective_database_url, pool_size=pool_size)
+    def from_settings(cls, settings: Settings, *, pool_size: int | None = None) -> Database:
+        """The database the settings name; `db_pool_size` connections (and as many again
+        in overflow) unless `pool_size` says otherwise."""
+        return cls(
+            settings.effective_database_url,
+            pool_size=pool_size or settings.db_pool_size,
+            pool_timeout=settings.db_pool_timeout_seconds,
+        )
 
     @property
     def is_sqlite(self) -> bool:

@@ -12,6 +12,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DataError, DBAPIError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException
 
 from promptq.api.schemas import ErrorBody, ErrorResponse
@@ -52,7 +53,9 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         "still in progress.",
         413: "The body, upload or batch file is too large.",
         422: "This Idempotency-Key was used with a different request.",
-        503: "The database is unavailable; retry.",
+        429: "Too many of this tenant's downloads or uploads are in progress; retry after "
+        "Retry-After seconds.",
+        503: "The database is unavailable, or every connection is busy; retry.",
     }.items()
 }
 
@@ -125,6 +128,13 @@ def install_error_handlers(app: FastAPI) -> None:
         log.warning("api.database_unavailable", error=str(exc)[:200])
         message = "The database is unavailable; retry."
         return error_response(ServiceUnavailable("database_unavailable", message))
+
+    @app.exception_handler(PoolTimeout)
+    async def _pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every connection is busy: the database is up but this process has none free.
+        log.warning("api.database_busy", error=str(exc)[:200])
+        message = "Every database connection is busy; retry shortly."
+        return error_response(ApiError("database_busy", message, 503, headers={"Retry-After": "1"}))
 
     @app.exception_handler(DataError)
     async def _unstorable(_: Request, exc: DataError) -> JSONResponse:
