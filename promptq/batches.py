@@ -49,6 +49,11 @@ __all__ = [
 _WINDOW = re.compile(r"([0-9]{1,9})([smhd])")  # ASCII digits, few enough for int()
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
+#: A batch whose lines may still start: cancel and expiry apply to these only.
+_RUNNING = (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)
+#: Open batches the finalizer may end (once no line is open).
+_FINALIZABLE = (BatchStatus.IN_PROGRESS, BatchStatus.FINALIZING, BatchStatus.CANCELLING)
+
 
 def parse_window(window: str) -> timedelta:
     """`24h`, `30m`, `7d` ... as a duration; 400 `invalid_completion_window` otherwise."""
@@ -168,11 +173,15 @@ async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
     if await session.scalar(sa.select(open_job.exists())):
         return False
     now = utcnow()
+    # Whoever gets the row first finalizes; the others then find it ended. A batch not
+    # finalized yet, or one still open (finalizing, cancelling or in progress) although
+    # finalized before: an open batch whose jobs are all done always ends here, whatever
+    # raced it (the sweeper calls this for every open batch: the repair).
     won = await session.execute(
         sa.update(Batch)
         .where(
             Batch.id == batch_id,
-            sa.or_(Batch.finalizing_at.is_(None), Batch.status == BatchStatus.FINALIZING),
+            sa.or_(Batch.finalizing_at.is_(None), Batch.status.in_(_FINALIZABLE)),
         )
         .values(finalizing_at=sa.func.coalesce(Batch.finalizing_at, now))
         .execution_options(synchronize_session=False)
@@ -233,36 +242,49 @@ def _result_file(
     return file.id
 
 
-_CANCELLABLE = (
-    BatchStatus.VALIDATING,
-    BatchStatus.IN_PROGRESS,
-    BatchStatus.CANCELLING,
-    BatchStatus.CANCELLED,
-)
-
-
 async def cancel_batch(session: AsyncSession, batch: Batch) -> Batch:
     """Cancel: queued lines end `batch_cancelled`, running ones finish; results are kept.
-    Cancelling a cancelled batch returns it; one that ended otherwise is 409."""
-    if batch.status not in _CANCELLABLE:
-        raise InvalidRequest(
-            "batch_not_cancellable", f"A batch that is {batch.status} cannot be cancelled.", 409
-        )
-    if batch.status in (BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS):
-        batch.status, batch.cancelling_at = BatchStatus.CANCELLING, utcnow()
+    Cancelling a cancelled batch returns it; one that ended otherwise is 409.
+
+    A guarded UPDATE (`WHERE status IN (validating, in_progress)`): a cancel that lands
+    as the batch completes either wins, and the finalizer ends the batch cancelled, or
+    finds it completed and is refused; it never overwrites a final state."""
+    moved = await session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch.id, Batch.status.in_(_RUNNING))
+        .values(status=BatchStatus.CANCELLING, cancelling_at=utcnow())
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.first() is not None:
         await cancel_lines(session, batch.id)
         await session.commit()
         await finalize_batch(session, batch.id)
-        await session.refresh(batch)
+    else:
+        await session.rollback()
+    await session.refresh(batch)
+    if batch.status not in (BatchStatus.CANCELLING, BatchStatus.CANCELLED):
+        raise InvalidRequest(
+            "batch_not_cancellable", f"A batch that is {batch.status} cannot be cancelled.", 409
+        )
     return batch
 
 
 async def expire_batch(session: AsyncSession, batch: Batch) -> None:
     """The completion window passed: queued lines end `batch_expired`, running ones finish,
-    finished results are kept."""
-    await expire_lines(session, batch.id)
+    finished results are kept. Guarded like cancel: only a batch still running expires."""
     # The batch shows finalizing until its running lines are done, then expired.
-    batch.status, batch.expired_at = BatchStatus.FINALIZING, utcnow()
+    moved = await session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch.id, Batch.status.in_(_RUNNING))
+        .values(status=BatchStatus.FINALIZING, expired_at=utcnow())
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    )
+    if moved.first() is None:
+        await session.rollback()
+        return
+    await expire_lines(session, batch.id)
     await session.commit()
     await finalize_batch(session, batch.id)
 
