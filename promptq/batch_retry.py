@@ -7,7 +7,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.batches import create_batch
 from promptq.catalog import Catalog
-from promptq.errors import InvalidRequest
+from promptq.errors import ApiError, InvalidRequest
 from promptq.ids import new_id
 from promptq.models import (
     TERMINAL_BATCH_STATUSES,
@@ -50,16 +50,43 @@ async def _copy_lines(session: AsyncSession, source: Batch, file: File) -> int:
     return int(count or 0)
 
 
+async def _refuse_if_retry_open(session: AsyncSession, source: Batch) -> None:
+    # FOR UPDATE waits for a concurrent retry's transaction to end; the query after it
+    # then sees that retry (Postgres; SQLite has one writer at a time anyway).
+    await session.execute(sa.select(Batch.id).where(Batch.id == source.id).with_for_update())
+    open_retry = await session.scalar(
+        sa.select(Batch.id)
+        .where(Batch.retry_of == source.id, Batch.status.not_in(TERMINAL_BATCH_STATUSES))
+        .order_by(Batch.created_at.desc())
+        .limit(1)
+    )
+    if open_retry is not None:
+        source_id = source.id  # read before the rollback expires the row
+        await session.rollback()
+        raise ApiError(
+            "retry_in_progress",
+            f"Batch {source_id} already has a retry in progress: {open_retry}. "
+            "Retry again once it ends.",
+            409,
+            headers={"Location": f"/v1/batches/{open_retry}"},
+        )
+
+
 async def retry_batch(
     session: AsyncSession, catalog: Catalog, source: Batch, max_attempts: int
 ) -> Batch:
-    """A new batch over the source's lines that got no result, linked by `retry_of`."""
+    """A new batch over the source's lines that got no result, linked by `retry_of`.
+
+    One retry at a time: the source row is locked for the transaction that creates the
+    retry, so of concurrent retries one creates it and the others find it open (409
+    `retry_in_progress`, naming it); a new retry is possible once it ends."""
     if source.status not in TERMINAL_BATCH_STATUSES:
         raise InvalidRequest(
             "batch_not_finished",
             f"Batch {source.id} is {source.status}; retry it once it ends.",
             409,
         )
+    await _refuse_if_retry_open(session, source)
     file = File(
         id=new_id("file-"),
         tenant=source.tenant,

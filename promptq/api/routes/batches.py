@@ -138,12 +138,27 @@ async def cancel_batch_route(batch_id: str, key: CurrentKey, session: SessionDep
     return batch_out(batch, await summarize(session, batch.id))
 
 
-@router.post("/{batch_id}/retry", operation_id="retry_batch")
+@router.post("/{batch_id}/retry", response_model=BatchOut, operation_id="retry_batch")
 async def retry_batch_route(
-    batch_id: str, key: CurrentKey, session: SessionDep, catalog: CatalogDep, state: StateDep
-) -> BatchOut:
+    batch_id: str,
+    key: CurrentKey,
+    session: SessionDep,
+    catalog: CatalogDep,
+    state: StateDep,
+    idempotency: IdempotencyDep,
+) -> JSONResponse:
     """Re-run the lines of a finished batch that got no result (failed, expired or
-    cancelled) as a new batch whose `retry_of` names this one."""
+    cancelled) as a new batch whose `retry_of` names this one. A repeat with the same
+    `Idempotency-Key` returns the first response; without one, a retry while another is
+    open is 409 `retry_in_progress` naming the open one."""
+    return await idempotency.respond(
+        {"batch_id": batch_id}, lambda: _retry(batch_id, key, session, catalog, state)
+    )
+
+
+async def _retry(
+    batch_id: str, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
+) -> BatchOut:
     source = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
     batch = await retry_batch(session, catalog, source, state.settings.max_attempts)
     await dispatch_queued(
