@@ -268,6 +268,10 @@ class Job(Base):
     status: Mapped[JobStatus] = mapped_column(_enum(JobStatus, "job_status"))
     attempts: Mapped[int] = mapped_column(sa.Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(sa.Integer, default=3)
+    # How many times the job was in flight when its worker was lost (lease expired). Once
+    # is a stall, a lost database or bad luck; a job lost twice may be what kills workers,
+    # and runs alone (promptq.queues.SUSPECT_AFTER_LOSSES).
+    lost_count: Mapped[int] = mapped_column(sa.Integer, default=0, server_default="0")
     lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

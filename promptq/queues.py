@@ -6,12 +6,25 @@ from __future__ import annotations
 from promptq.catalog import Backend, ModelEntry
 from promptq.constants import PRIORITY_STEPS, REMOTE_QUEUE, gpu_queue
 
-__all__ = ["BULK_BAND", "INTERACTIVE_BAND", "queue_for", "queue_step"]
+__all__ = [
+    "BULK_BAND",
+    "INTERACTIVE_BAND",
+    "SUSPECT_AFTER_LOSSES",
+    "queue_for",
+    "queue_step",
+    "runs_alone",
+]
 
 #: Steps 0-4 carry interactive jobs, 5-9 batch lines: interactive work never
 #: waits behind a bulk backlog, and each band keeps the client's own order.
 INTERACTIVE_BAND = 0
 BULK_BAND = PRIORITY_STEPS // 2
+
+#: A job in flight at this many worker losses may be what kills its workers: it runs in
+#: a message of its own, with nothing else in flight, so another crash costs only itself.
+#: Fewer losses are a stall (SIGSTOP, a long GC, a lost database or broker) or another
+#: job's crash: those jobs run again in ordinary chunks, and recovery stays parallel.
+SUSPECT_AFTER_LOSSES = 2
 
 
 def queue_for(entry: ModelEntry) -> str:
@@ -26,3 +39,9 @@ def queue_step(priority: int, *, interactive: bool) -> int:
     priority = min(max(priority, 0), 9)
     band = INTERACTIVE_BAND if interactive else BULK_BAND
     return band + priority * (PRIORITY_STEPS // 2) // 10
+
+
+def runs_alone(lost_count: int) -> bool:
+    """Whether a queued job is sent (and run) alone: it was in flight at a worker loss
+    at least SUSPECT_AFTER_LOSSES times."""
+    return lost_count >= SUSPECT_AFTER_LOSSES

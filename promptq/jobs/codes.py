@@ -14,7 +14,8 @@ class JobErrorCode(StrEnum):
     """Why a job ended without a result, or why its last attempt failed."""
 
     # -- set by promptq's own transitions (promptq.jobs.transitions) --------------------
-    #: Its worker died while running it; left on a re-queued job, which then runs alone.
+    #: Its worker was lost while running it; left on a re-queued job (run alone once it
+    #: was lost twice).
     WORKER_LOST = "worker_lost"
     #: Its worker was lost on every attempt: it may crash workers (a poison prompt).
     MAX_ATTEMPTS_EXCEEDED = "max_attempts_exceeded"

@@ -78,7 +78,7 @@ REQUEUE = Transition(
     (R,),
     Q,
     code=JobErrorCode.WORKER_LOST,
-    why="the sweeper: the lease expired with attempts left",
+    why="the sweeper: the lease expired with attempts left (lost_count + 1)",
 )
 FAIL_LOST = Transition(
     "fail_lost",

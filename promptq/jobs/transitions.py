@@ -377,8 +377,10 @@ async def record_failure(
 
 async def requeue_expired(session: AsyncSession) -> tuple[int, int]:
     """FAIL_LOST, then REQUEUE: jobs whose lease expired fail if that was their last
-    attempt, else go back to the queue marked `worker_lost` (they then run alone, so a
-    poison prompt costs only itself an attempt). Returns (failed, requeued); commits."""
+    attempt, else go back to the queue marked `worker_lost`, one more loss counted
+    (`lost_count`): a job lost twice runs alone (promptq.queues.runs_alone), so a poison
+    prompt costs only itself an attempt while a stalled worker's jobs recover in parallel.
+    Returns (failed, requeued); commits."""
     now = utcnow()
     c = _JOBS.c
     expired = c.lease_expires_at < now
@@ -407,6 +409,7 @@ async def requeue_expired(session: AsyncSession) -> tuple[int, int]:
             lease_owner=None,
             lease_expires_at=None,
             enqueued_at=None,
+            lost_count=c.lost_count + 1,
             error_code=REQUEUE.code,
             error_message="Its worker was lost while running it.",
         )

@@ -12,9 +12,9 @@ from celery import Celery
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.constants import TASK_RUN_CHUNK
-from promptq.jobs import JobErrorCode, mark_enqueued, resend
+from promptq.jobs import mark_enqueued, resend
 from promptq.models import Job, JobStatus
-from promptq.queues import queue_step
+from promptq.queues import queue_step, runs_alone
 
 __all__ = ["dispatch_queued", "publish", "publish_jobs"]
 
@@ -57,7 +57,7 @@ async def dispatch_queued(
 
     If the broker is down the jobs stay queued and unmarked, and the sweeper sends them later."""
     stmt = (
-        sa.select(Job.id, Job.queue, Job.priority, Job.batch_id, Job.error_code)
+        sa.select(Job.id, Job.queue, Job.priority, Job.batch_id, Job.lost_count)
         .where(where, Job.status == JobStatus.QUEUED)
         .order_by(Job.priority, Job.created_at, Job.line_no)
         .limit(limit)
@@ -67,7 +67,7 @@ async def dispatch_queued(
             r.id,
             r.queue or "",
             queue_step(r.priority, interactive=r.batch_id is None),
-            r.error_code == JobErrorCode.WORKER_LOST,
+            runs_alone(r.lost_count),
         )
         for r in (await session.execute(stmt)).all()
     ]
