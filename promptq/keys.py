@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 _PREFIX = "pq-"
+_MAX_NAME = 200  # api_keys.name and .tenant
 
 
 class KeyAdminError(PromptqError):
@@ -63,6 +64,9 @@ async def create_key(
 ) -> tuple[str, ApiKey]:
     """A new key for `tenant` (its own name by default); returns the token and its row,
     whose `webhook_secret` is the key's new signing secret."""
+    for field, value in (("name", name), ("tenant", tenant or name)):
+        if not 0 < len(value) <= _MAX_NAME:
+            raise KeyAdminError(f"A key's {field} has 1 to {_MAX_NAME} characters.")
     token = f"{_PREFIX}{secrets.token_urlsafe(32)}"
     key = ApiKey(
         id=new_id("key_"),
