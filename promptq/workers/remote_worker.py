@@ -4,6 +4,7 @@ Anthropic Messages over one pooled aiohttp session per worker process."""
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -54,7 +55,7 @@ def _error_message(body: bytes, reason: str) -> str:
 
 
 def _raise_for_status(
-    status: int, body: bytes, reason: str, retry_after: str | None, known: list[str]
+    status: int, body: bytes, reason: str, retry_after: str | None, known: Sequence[str] = ()
 ) -> None:
     if status < 400:
         return
