@@ -32,6 +32,7 @@ __all__ = [
 
 _INSERT_ROWS = 1000  # rows per bulk INSERT: bounded memory, few round trips
 _INSERT_BYTES = 16 * 1024 * 1024  # and at most about this much line text per INSERT
+DEFAULT_MAX_LINE_BYTES = 8 * 1024 * 1024  # Settings.max_line_bytes's default
 
 
 def read_lines(
@@ -85,7 +86,7 @@ async def store_upload(
     filename: str,
     stream: IO[bytes],
     max_lines: int,
-    max_line_bytes: int,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> File:
     """Parse `stream` line by line and store the file and its lines; 400 if nothing is JSON.
     A line longer than `max_line_bytes` fails alone, and is never held in memory whole."""

@@ -16,7 +16,7 @@ from tests.acceptance.helpers import (
     wait_job,
     write_jsonl,
 )
-from tests.conftest import WEBHOOK_SECRET, make_key
+from tests.conftest import make_key
 from tests.procs import poll_until
 from tests.webhook_receiver import receiver
 
@@ -49,7 +49,7 @@ def test_cancel_keeps_finished_results(client: httpx.Client, pipeline: str, tmp_
 
 
 def test_cancelling_a_running_job_ends_it_at_once_and_announces_it(
-    client: httpx.Client, pipeline: str
+    client: httpx.Client, pipeline: str, webhook_secret: str
 ) -> None:
     # Given a running job, which its provider takes 10 s to answer, with a webhook
     with receiver() as hooks:
@@ -65,7 +65,7 @@ def test_cancelling_a_running_job_ends_it_at_once_and_announces_it(
         # Then it is cancelled at once, says why, and its webhook is told
         assert (cancelled["status"], cancelled["error"]["code"]) == ("cancelled", "job_cancelled")
         (delivery,) = hooks.wait("/cancelled", 1)
-    event = Webhook(WEBHOOK_SECRET).verify(delivery.body, delivery.headers)
+    event = Webhook(webhook_secret).verify(delivery.body, delivery.headers)
     assert (event["type"], event["data"]["id"]) == ("job.cancelled", job["id"])
     assert event["data"]["status"] == "cancelled"
     # And cancelling it again changes nothing

@@ -15,26 +15,10 @@ import sqlalchemy as sa
 from standardwebhooks import Webhook
 
 from promptq.db import create_sync_engine
-from promptq.keys import hash_key
 from promptq.models import WebhookEvent
 from tests.acceptance.helpers import chat_line, upload_and_run, wait_batch, write_jsonl
-from tests.conftest import WEBHOOK_SECRET
 from tests.procs import poll_until
 from tests.webhook_receiver import Receiver, receiver
-
-
-@pytest.fixture(scope="module")
-def secret(pg_url: str, api_key: str) -> str:
-    """The webhook signing secret of the tests' key (shown to its owner once, at creation)."""
-    engine = create_sync_engine(pg_url)
-    with engine.connect() as conn:
-        found = conn.execute(
-            sa.text("SELECT webhook_secret FROM api_keys WHERE key_hash = :h"),
-            {"h": hash_key(api_key)},
-        ).scalar_one()
-    engine.dispose()
-    assert isinstance(found, str) and found != WEBHOOK_SECRET
-    return found
 
 
 @pytest.fixture
@@ -90,7 +74,7 @@ def _delivered(pg_url: str, event_id: str) -> dict[str, Any]:
 
 
 def test_a_job_webhook_is_retried_under_one_id_until_the_receiver_accepts_it(
-    client: httpx.Client, pipeline: str, pg_url: str, secret: str
+    client: httpx.Client, pipeline: str, pg_url: str, webhook_secret: str
 ) -> None:
     # Given a receiver that answers 500 three times, then 200
     with receiver(fail_first=3) as hooks:
@@ -106,7 +90,7 @@ def test_a_job_webhook_is_retried_under_one_id_until_the_receiver_accepts_it(
     assert len({a.headers["webhook-id"] for a in attempts}) == 1
     assert attempts[0].headers["webhook-id"].startswith("msg_")
     for attempt in attempts:
-        event = Webhook(secret).verify(attempt.body, attempt.headers)
+        event = Webhook(webhook_secret).verify(attempt.body, attempt.headers)
         assert event["type"] == "job.succeeded"
         assert event["data"]["id"] == job["id"]
         assert event["data"]["status"] == "succeeded"
@@ -115,17 +99,22 @@ def test_a_job_webhook_is_retried_under_one_id_until_the_receiver_accepts_it(
 
 
 def test_a_failed_job_sends_job_failed(
-    client: httpx.Client, pipeline: str, secret: str, hooks: Receiver
+    client: httpx.Client, pipeline: str, webhook_secret: str, hooks: Receiver
 ) -> None:
     job = client.post("/v1/jobs", json=_job("No. [[sim:status=400]]", f"{hooks.url}/f")).json()
     (delivery,) = hooks.wait("/f", 1)
-    event = Webhook(secret).verify(delivery.body, delivery.headers)
+    event = Webhook(webhook_secret).verify(delivery.body, delivery.headers)
     assert (event["type"], event["data"]["id"]) == ("job.failed", job["id"])
     assert event["data"]["error"]["code"]
 
 
 def test_a_batch_sends_one_completed_event_with_its_counts(
-    client: httpx.Client, pipeline: str, hooks: Receiver, tmp_path: Path, pg_url: str, secret: str
+    client: httpx.Client,
+    pipeline: str,
+    hooks: Receiver,
+    tmp_path: Path,
+    pg_url: str,
+    webhook_secret: str,
 ) -> None:
     # Given a batch of three lines, one of them invalid, with a webhook_url
     lines = [chat_line("a", "one"), chat_line("b", "two"), "{not json"]
@@ -139,7 +128,7 @@ def test_a_batch_sends_one_completed_event_with_its_counts(
     (row,) = _events(pg_url, batch["id"])
     _delivered(pg_url, row["id"])
     (delivery,) = hooks.for_path("/batch")
-    event = Webhook(secret).verify(delivery.body, delivery.headers)
+    event = Webhook(webhook_secret).verify(delivery.body, delivery.headers)
     assert event["type"] == "batch.completed"
     assert event["data"]["id"] == batch["id"]
     assert event["data"]["status"] == "completed"
@@ -154,13 +143,13 @@ def test_a_batch_sends_one_completed_event_with_its_counts(
 
 
 def test_a_batch_with_no_valid_line_sends_batch_failed(
-    client: httpx.Client, pipeline: str, secret: str, hooks: Receiver, tmp_path: Path
+    client: httpx.Client, pipeline: str, webhook_secret: str, hooks: Receiver, tmp_path: Path
 ) -> None:
     path = write_jsonl(tmp_path / "bad.jsonl", ['{"custom_id": "x"}'])
     batch = upload_and_run(client, path, webhook_url=f"{hooks.url}/failed")
     assert batch["status"] == "failed"
     (delivery,) = hooks.wait("/failed", 1)
-    event = Webhook(secret).verify(delivery.body, delivery.headers)
+    event = Webhook(webhook_secret).verify(delivery.body, delivery.headers)
     assert (event["type"], event["data"]["id"]) == ("batch.failed", batch["id"])
 
 
