@@ -121,8 +121,9 @@ class WorkerRuntime:
         """Claim a chunk once there is room (interactive chunks at once); returns how many
         jobs were claimed. Blocks the calling Celery thread, not the loop.
 
-        `alone` marks a job whose last worker died while running it: it may be a poison
-        prompt, so it runs with nothing else in flight and a crash costs only itself."""
+        `alone` marks a job that was in flight at two worker losses (queues.runs_alone): it
+        may be a poison prompt, so it runs with nothing else in flight and a crash costs
+        only itself."""
         return self.call(self._admit(job_ids, step, alone))
 
     def stop(self, drain_seconds: float = 30.0) -> None:
