@@ -1,7 +1,7 @@
 """api_keys: a webhook signing secret per key, and the previous one during a rotation
 
-Revision ID: 0003_hardening_webhook_secrets
-Revises: 0002
+Revision ID: 0004_hardening_webhook_secrets
+Revises: 0003_ops_retention
 Create Date: 2026-11-22 04:00:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0003_hardening_webhook_secrets"
-down_revision = "0002"
+revision = "0004_hardening_webhook_secrets"
+down_revision = "0003_ops_retention"
 branch_labels = None
 depends_on = None
 

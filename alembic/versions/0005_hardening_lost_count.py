@@ -1,7 +1,7 @@
 """jobs.lost_count: how many times a job was in flight when its worker was lost
 
-Revision ID: 0004_hardening_lost_count
-Revises: 0003_hardening_webhook_secrets
+Revision ID: 0005_hardening_lost_count
+Revises: 0004_hardening_webhook_secrets
 Create Date: 2026-11-22 04:30:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0004_hardening_lost_count"
-down_revision = "0003_hardening_webhook_secrets"
+revision = "0005_hardening_lost_count"
+down_revision = "0004_hardening_webhook_secrets"
 branch_labels = None
 depends_on = None
 
