@@ -3,8 +3,9 @@ status, and the chunk messages in Redis at every priority step, against real ser
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis as sync_redis
@@ -26,10 +27,19 @@ from tests.stack import RedisServer
 pytestmark = pytest.mark.anyio
 
 
+@pytest.fixture(scope="module")
+def private_redis(log_dir: Path) -> Iterator[RedisServer]:
+    """A broker of this module's own: the session's Redis has a running remote worker,
+    which would consume the chunk messages this module counts."""
+    server = RedisServer(log_dir)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
-async def broker(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    sync_redis.Redis.from_url(redis_server.url).flushdb()
-    client = aioredis.Redis.from_url(redis_server.url)
+async def broker(private_redis: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    sync_redis.Redis.from_url(private_redis.url).flushdb()
+    client = aioredis.Redis.from_url(private_redis.url)
     yield client
     await client.aclose()
 
@@ -83,12 +93,12 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 
 async def test_the_cluster_view_counts_jobs_batches_and_every_priority_step(
-    db: Database, broker: aioredis.Redis, redis_server: RedisServer
+    db: Database, broker: aioredis.Redis, private_redis: RedisServer
 ) -> None:
     # Given queued jobs at client priorities 7 and 0, finished jobs, and chunk messages
     # published by promptq's own dispatcher at steps 0, 3 and 8
     await _add_jobs(db)
-    celery = make_celery(Settings(redis_url=redis_server.url))
+    celery = make_celery(Settings(redis_url=private_redis.url))
     publish(celery, [("x1", REMOTE_QUEUE, 0, False), ("x2", REMOTE_QUEUE, 8, False)], 32)
     publish(celery, [(f"y{i}", REMOTE_QUEUE, 3, False) for i in range(3)], 1)
     view = ClusterView(db, broker, Catalog({}), max_age=60)
