@@ -24,6 +24,8 @@ __all__ = [
     "Base",
     "Batch",
     "BatchStatus",
+    "Budget",
+    "BudgetPeriod",
     "File",
     "FileLine",
     "FilePurpose",
@@ -182,6 +184,40 @@ class ApiKey(Base):
     webhook_secret_previous_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class BudgetPeriod(StrEnum):
+    """When a budget's spend starts again from zero (UTC calendar boundaries)."""
+
+    #: Every day at 00:00 UTC.
+    DAY = "day"
+    #: Every Monday at 00:00 UTC.
+    WEEK = "week"
+    #: The first day of every month at 00:00 UTC.
+    MONTH = "month"
+    #: Never: the budget is a total.
+    TOTAL = "total"
+
+
+class Budget(Base):
+    """A spending limit for one API key, or (api_key_id NULL) the default of a tenant's
+    keys that have none. Jobs reserve their maximum cost here before they run."""
+
+    __tablename__ = "budgets"
+
+    id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    tenant: Mapped[str] = mapped_column(sa.String(200), index=True)
+    api_key_id: Mapped[str | None] = mapped_column(
+        sa.ForeignKey("api_keys.id", ondelete="CASCADE"), unique=True
+    )
+    # NULL: lifted (spend is still counted, nothing is refused).
+    budget_usd: Mapped[Decimal | None] = mapped_column(Money)
+    period: Mapped[BudgetPeriod] = mapped_column(_enum(BudgetPeriod, "budget_period"))
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime)
+    spent_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    reserved_usd: Mapped[Decimal] = mapped_column(Money, default=Decimal(0))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class File(Base):
     """An uploaded batch input, or a batch's output or error file."""
 
@@ -238,6 +274,12 @@ class Batch(Base):
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     # The batch whose failed lines this one re-runs (POST /v1/batches/{id}/retry).
     retry_of: Mapped[str | None] = mapped_column(sa.String(40))
+    # Cost control: the submitting key and budget (copied to every line), the upper
+    # bound of the batch's cost counted at creation, and the client's cache opt-out.
+    api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
+    budget_id: Mapped[str | None] = mapped_column(sa.String(40))
+    estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cache_opt_out: Mapped[bool | None] = mapped_column(sa.Boolean)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -290,8 +332,25 @@ class Job(Base):
     error_status: Mapped[int | None] = mapped_column(sa.SmallInteger)
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
+    # Cost control (promptq.budgets, promptq.cache): the key that submitted the job, the
+    # budget it spends from, what it holds reserved there until settled, whether its
+    # answer came from the response cache and what that saved, and the client's opt-out.
+    api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
+    budget_id: Mapped[str | None] = mapped_column(sa.String(40))
+    reserved_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cached: Mapped[bool | None] = mapped_column(sa.Boolean)
+    saved_usd: Mapped[Decimal | None] = mapped_column(Money)
+    cache_opt_out: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
+        sa.Index("ix_jobs_api_key_id_finished_at", "api_key_id", "finished_at"),
+        # The settler looks for finished jobs that still hold a reservation.
+        sa.Index(
+            "ix_jobs_reserved",
+            "budget_id",
+            postgresql_where=sa.text("reserved_usd IS NOT NULL"),
+            sqlite_where=sa.text("reserved_usd IS NOT NULL"),
+        ),
         sa.Index("ix_jobs_batch_id_status", "batch_id", "status"),
         sa.Index("ix_jobs_batch_id_line_no", "batch_id", "line_no"),
         sa.Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
@@ -323,6 +382,9 @@ class UsageRecord(Base):
     prompt_tokens: Mapped[int] = mapped_column(sa.Integer)
     completion_tokens: Mapped[int] = mapped_column(sa.Integer)
     cost_usd: Mapped[Decimal] = mapped_column(Money)
+    # A cache hit is billed 0; what the upstream call would have cost is kept here.
+    cached: Mapped[bool | None] = mapped_column(sa.Boolean)
+    saved_usd: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (

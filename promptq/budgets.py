@@ -1,0 +1,341 @@
+"""Budgets: a key (or, by default, its tenant) may spend at most so much per UTC day, week,
+month or in total. Before a job runs it reserves its maximum cost with one guarded UPDATE
+(`spent + reserved + x <= budget`), so however many jobs are in flight across workers the
+budget cannot be passed; once the job is terminal its reservation is settled: the real
+cost moves to `spent`, the rest is given back.
+
+A reservation belongs to the job, not to an attempt: a retried or re-delivered job keeps
+it, and whatever ends the job (a worker, a cancel, the sweeper) leaves it to `settle`,
+which finds terminal jobs still holding one."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from promptq.catalog import ModelEntry
+from promptq.errors import InvalidRequest
+from promptq.ids import new_id
+from promptq.models import (
+    TERMINAL_JOB_STATUSES,
+    ApiKey,
+    Budget,
+    BudgetPeriod,
+    Job,
+    JobStatus,
+    utcnow,
+)
+from promptq.tokens import count_prompt_tokens, max_completion_tokens
+
+__all__ = [
+    "DEFAULT_MAX_COMPLETION_TOKENS",
+    "BudgetExceeded",
+    "Reservation",
+    "budget_for_key",
+    "check_affordable",
+    "lift_budget",
+    "max_cost",
+    "period_start",
+    "reserve",
+    "set_budget",
+    "settle",
+    "spent_now",
+]
+
+#: The completion tokens reserved for a request that names no max_tokens (and whose
+#: model has no max_model_len that is lower).
+DEFAULT_MAX_COMPLETION_TOKENS = 4096
+_ZERO = Decimal(0)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class BudgetExceeded(InvalidRequest):
+    """The key's budget cannot pay for this request: a 402 `budget_exceeded`."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("budget_exceeded", message, 402)
+
+
+class Reservation(StrEnum):
+    """What `reserve` did."""
+
+    #: The amount is now held for the job.
+    RESERVED = "reserved"
+    #: Only other jobs' reservations stand in the way: try again once they settle.
+    WAIT = "wait"
+    #: The budget's spend alone leaves no room: the job cannot run in this period.
+    EXHAUSTED = "exhausted"
+    #: The job's lease was lost meanwhile; nothing was reserved.
+    LOST = "lost"
+
+
+def period_start(period: BudgetPeriod, now: datetime) -> datetime:
+    """The start of the period that holds `now`, on UTC calendar boundaries (weeks start on
+    Monday); a total budget has one period, starting at the epoch."""
+    now = now.astimezone(UTC)
+    day = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    if period is BudgetPeriod.DAY:
+        return day
+    if period is BudgetPeriod.WEEK:
+        return day.fromordinal(day.toordinal() - day.weekday()).replace(tzinfo=UTC)
+    if period is BudgetPeriod.MONTH:
+        return day.replace(day=1)
+    return _EPOCH
+
+
+def max_cost(entry: ModelEntry, body: Mapping[str, Any]) -> Decimal:
+    """The most a request can cost on `entry`: its counted prompt tokens and its max tokens
+    at the model's prices. Zero for a model priced at zero."""
+    if not entry.input_per_mtok and not entry.output_per_mtok:
+        return _ZERO
+    prompt = count_prompt_tokens(entry, body)
+    completion = max_completion_tokens(entry, body, DEFAULT_MAX_COMPLETION_TOKENS)
+    return entry.cost(prompt, completion)
+
+
+_BUDGETS: sa.Table = Budget.__table__  # type: ignore[assignment]
+_JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+
+
+def _current_start(now: datetime) -> sa.ColumnElement[datetime]:
+    # The budget row's current period start, computed in SQL from its own `period` so one
+    # statement serves every period (portable: no date_trunc).
+    b = _BUDGETS.c
+    starts = {p: period_start(p, now) for p in (BudgetPeriod.DAY, BudgetPeriod.WEEK)}
+    starts[BudgetPeriod.MONTH] = period_start(BudgetPeriod.MONTH, now)
+    return sa.case(
+        *[
+            (b.period == p.value, sa.literal(start, type_=b.period_start.type))
+            for p, start in starts.items()
+        ],
+        else_=b.period_start,
+    )
+
+
+def _spent_in_period(now: datetime) -> sa.ColumnElement[Decimal]:
+    b = _BUDGETS.c
+    return sa.case((b.period_start < _current_start(now), sa.literal(_ZERO)), else_=b.spent_usd)
+
+
+def spent_now(budget: Budget, now: datetime | None = None) -> Decimal:
+    """What the budget has spent in the current period (a past period's spend is over)."""
+    start = period_start(budget.period, now or utcnow())
+    if budget.period is not BudgetPeriod.TOTAL and budget.period_start < start:
+        return _ZERO
+    return Decimal(budget.spent_usd)
+
+
+# -- administration ---------------------------------------------------------------------
+async def _find(session: AsyncSession, tenant: str, api_key_id: str | None) -> Budget | None:
+    stmt = sa.select(Budget).where(Budget.tenant == tenant)
+    stmt = stmt.where(
+        Budget.api_key_id == api_key_id if api_key_id else Budget.api_key_id.is_(None)
+    )
+    return (await session.execute(stmt.with_for_update())).scalar_one_or_none()
+
+
+async def set_budget(
+    session: AsyncSession,
+    *,
+    tenant: str,
+    api_key_id: str | None,
+    budget_usd: Decimal,
+    period: BudgetPeriod,
+) -> Budget:
+    """Set (or change) the budget of a key, or with `api_key_id` None the default budget of
+    the tenant's keys that have none. Changing the period starts the new one now."""
+    if budget_usd < 0:
+        raise InvalidRequest("invalid_budget", "A budget cannot be negative.")
+    now = utcnow()
+    budget = await _find(session, tenant, api_key_id)
+    if budget is None:
+        budget = Budget(
+            id=new_id("budget_"),
+            tenant=tenant,
+            api_key_id=api_key_id,
+            period=period,
+            period_start=period_start(period, now),
+            spent_usd=_ZERO,
+            reserved_usd=_ZERO,
+            created_at=now,
+        )
+        session.add(budget)
+    elif budget.period is not period:
+        budget.spent_usd = spent_now(budget, now) if period is budget.period else _ZERO
+        budget.period, budget.period_start = period, period_start(period, now)
+    budget.budget_usd = budget_usd
+    budget.updated_at = now
+    await session.commit()
+    return budget
+
+
+async def lift_budget(session: AsyncSession, *, tenant: str, api_key_id: str | None) -> bool:
+    """Remove the limit (spend is still counted); False if there was no budget."""
+    budget = await _find(session, tenant, api_key_id)
+    if budget is None:
+        await session.rollback()
+        return False
+    budget.budget_usd = None
+    budget.updated_at = utcnow()
+    await session.commit()
+    return True
+
+
+async def budget_for_key(session: AsyncSession, key: ApiKey) -> Budget | None:
+    """The budget a key's jobs spend from: its own, else its tenant's default, else None."""
+    stmt = (
+        sa.select(Budget)
+        .where(
+            Budget.tenant == key.tenant,
+            sa.or_(Budget.api_key_id == key.id, Budget.api_key_id.is_(None)),
+        )
+        .order_by(Budget.api_key_id.is_(None))  # the key's own first
+        .limit(1)
+    )
+    return (await session.execute(stmt)).scalar_one_or_none()
+
+
+def check_affordable(budget: Budget | None, amount: Decimal) -> None:
+    """402 `budget_exceeded` when the budget's spend this period leaves less than `amount`
+    (other jobs' reservations do not count: they may still give money back)."""
+    if budget is None or budget.budget_usd is None:
+        return
+    spent = spent_now(budget)
+    if spent + amount > budget.budget_usd:
+        raise BudgetExceeded(
+            f"The budget of this key is exhausted: spent {spent:.6f} of "
+            f"{budget.budget_usd:.6f} USD this {budget.period.value} period; this request "
+            f"may cost up to {amount:.6f} USD."
+        )
+
+
+# -- reservations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class HeldJob:
+    """The lease a reservation is made under: the job, its attempt and owner."""
+
+    id: str
+    attempt: int
+    owner: str
+
+
+async def reserve(
+    session: AsyncSession, job: HeldJob, budget_id: str, amount: Decimal
+) -> Reservation:
+    """Hold `amount` more for the running job `job` against its budget, atomically (one
+    guarded UPDATE of the budget row), in one transaction with the job's own record of it."""
+    now = utcnow()
+    b, j = _BUDGETS.c, _JOBS.c
+    held = await session.execute(
+        sa.update(_JOBS)
+        .where(
+            j.id == job.id,
+            j.status == JobStatus.RUNNING,
+            j.attempts == job.attempt,
+            j.lease_owner == job.owner,
+        )
+        .values(reserved_usd=sa.func.coalesce(j.reserved_usd, _ZERO) + amount, budget_id=budget_id)
+    )
+    if held.rowcount != 1:  # type: ignore[attr-defined]
+        await session.rollback()
+        return Reservation.LOST
+    spent = _spent_in_period(now)
+    got = await session.execute(
+        sa.update(_BUDGETS)
+        .where(
+            b.id == budget_id,
+            sa.or_(b.budget_usd.is_(None), spent + b.reserved_usd + amount <= b.budget_usd),
+        )
+        .values(
+            spent_usd=spent,
+            period_start=_current_start(now),
+            reserved_usd=b.reserved_usd + amount,
+            updated_at=now,
+        )
+    )
+    if got.rowcount == 1:  # type: ignore[attr-defined]
+        await session.commit()
+        return Reservation.RESERVED
+    await session.rollback()
+    budget = await session.get(Budget, budget_id, populate_existing=True)
+    await session.rollback()
+    if budget is None or budget.budget_usd is None:  # deleted or lifted meanwhile
+        return Reservation.WAIT
+    if spent_now(budget, now) + amount > budget.budget_usd:
+        return Reservation.EXHAUSTED
+    return Reservation.WAIT
+
+
+async def settle(
+    session: AsyncSession, job_ids: Sequence[str] | None = None, limit: int = 1000
+) -> int:
+    """Settle the reservations of terminal jobs (all of them, or of `job_ids`): their cost
+    is added to the spend of the period they finished in, the reservation given back.
+    Returns how many jobs were settled. Safe to run anywhere at once: a job is settled by
+    the one transaction that clears its reservation."""
+    j = _JOBS.c
+    where = sa.and_(j.reserved_usd.is_not(None), j.status.in_(TERMINAL_JOB_STATUSES))
+    if job_ids is not None:
+        if not job_ids:
+            return 0
+        where = sa.and_(where, j.id.in_(list(job_ids)))
+    picked = (
+        sa.select(j.id, j.budget_id, j.reserved_usd, j.cost_usd, j.finished_at)
+        .where(where)
+        .order_by(j.id)
+        .limit(limit)
+    )
+    if session.get_bind().dialect.name == "postgresql":
+        picked = picked.with_for_update(skip_locked=True)  # settlers never wait on each other
+    rows = (await session.execute(picked)).all()
+    if not rows:
+        await session.rollback()
+        return 0
+    await session.execute(
+        sa.update(_JOBS).where(j.id.in_([r.id for r in rows])).values(reserved_usd=None)
+    )
+    by_budget: dict[str, list[Any]] = defaultdict(list)
+    for row in rows:
+        if row.budget_id:
+            by_budget[row.budget_id].append(row)
+    now = utcnow()
+    for budget_id in sorted(by_budget):  # one order everywhere: no deadlock between settlers
+        await _settle_budget(session, budget_id, by_budget[budget_id], now)
+    await session.commit()
+    return len(rows)
+
+
+async def _settle_budget(
+    session: AsyncSession, budget_id: str, rows: list[Any], now: datetime
+) -> None:
+    b = _BUDGETS.c
+    budget = (
+        await session.execute(sa.select(b.period).where(b.id == budget_id).with_for_update())
+    ).first()
+    if budget is None:
+        return
+    start = period_start(BudgetPeriod(budget.period), now)
+    returned = sum((Decimal(r.reserved_usd) for r in rows), _ZERO)
+    # A job that finished before the current period began was spent in a period now over.
+    spent = sum(
+        (Decimal(r.cost_usd or 0) for r in rows if r.finished_at is None or r.finished_at >= start),
+        _ZERO,
+    )
+    await session.execute(
+        sa.update(_BUDGETS)
+        .where(b.id == budget_id)
+        .values(
+            spent_usd=_spent_in_period(now) + spent,
+            period_start=_current_start(now),
+            reserved_usd=b.reserved_usd - returned,
+            updated_at=now,
+        )
+    )
