@@ -36,8 +36,8 @@ from promptq.models import (
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 
 __all__ = [
-    "DEFAULT_MAX_COMPLETION_TOKENS",
     "BudgetExceeded",
+    "HeldJob",
     "Reservation",
     "budget_for_key",
     "check_affordable",
@@ -50,9 +50,6 @@ __all__ = [
     "spent_now",
 ]
 
-#: The completion tokens reserved for a request that names no max_tokens (and whose
-#: model has no max_model_len that is lower).
-DEFAULT_MAX_COMPLETION_TOKENS = 4096
 _ZERO = Decimal(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -91,13 +88,14 @@ def period_start(period: BudgetPeriod, now: datetime) -> datetime:
     return _EPOCH
 
 
-def max_cost(entry: ModelEntry, body: Mapping[str, Any]) -> Decimal:
+def max_cost(entry: ModelEntry, body: Mapping[str, Any], default_completion: int) -> Decimal:
     """The most a request can cost on `entry`: its counted prompt tokens and its max tokens
-    at the model's prices. Zero for a model priced at zero."""
+    (`default_completion` if it names none) at the model's prices; zero for a model priced
+    at zero."""
     if not entry.input_per_mtok and not entry.output_per_mtok:
         return _ZERO
     prompt = count_prompt_tokens(entry, body)
-    completion = max_completion_tokens(entry, body, DEFAULT_MAX_COMPLETION_TOKENS)
+    completion = max_completion_tokens(entry, body, default_completion)
     return entry.cost(prompt, completion)
 
 
@@ -265,11 +263,20 @@ async def reserve(
         await session.commit()
         return Reservation.RESERVED
     await session.rollback()
-    budget = await session.get(Budget, budget_id, populate_existing=True)
+    row = (
+        await session.execute(
+            sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd).where(b.id == budget_id)
+        )
+    ).first()
     await session.rollback()
-    if budget is None or budget.budget_usd is None:  # deleted or lifted meanwhile
+    if row is None or row.budget_usd is None:  # deleted or lifted meanwhile
         return Reservation.WAIT
-    if spent_now(budget, now) + amount > budget.budget_usd:
+    spent = row.spent_usd
+    if BudgetPeriod(row.period) is not BudgetPeriod.TOTAL and row.period_start < period_start(
+        BudgetPeriod(row.period), now
+    ):
+        spent = _ZERO
+    if spent + amount > row.budget_usd:
         return Reservation.EXHAUSTED
     return Reservation.WAIT
 

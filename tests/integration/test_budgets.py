@@ -1,0 +1,241 @@
+"""Budgets against a real Postgres: reservations are atomic under concurrency, settle with
+the real cost, and periods start again on UTC calendar boundaries."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from promptq.budgets import (
+    BudgetExceeded,
+    HeldJob,
+    Reservation,
+    budget_for_key,
+    check_affordable,
+    lift_budget,
+    period_start,
+    reserve,
+    set_budget,
+    settle,
+)
+from promptq.db import Database
+from promptq.keys import create_key
+from promptq.models import Budget, BudgetPeriod, Job, JobStatus, utcnow
+
+pytestmark = pytest.mark.anyio
+
+OWNER = "test-worker"
+
+
+async def _running_jobs(db: Database, n: int, budget_id: str, tenant: str = "t") -> list[HeldJob]:
+    now = utcnow()
+    async with db.session() as session:
+        session.add_all(
+            Job(
+                id=f"job_b{i:04d}",
+                tenant=tenant,
+                model="m",
+                status=JobStatus.RUNNING,
+                attempts=1,
+                max_attempts=3,
+                lease_owner=OWNER,
+                budget_id=budget_id,
+                created_at=now,
+            )
+            for i in range(n)
+        )
+        await session.commit()
+    return [HeldJob(f"job_b{i:04d}", 1, OWNER) for i in range(n)]
+
+
+async def _finish(db: Database, job_id: str, cost: Decimal | None) -> None:
+    status = JobStatus.SUCCEEDED if cost is not None else JobStatus.FAILED
+    async with db.session() as session:
+        await session.execute(
+            sa.update(Job)
+            .where(Job.id == job_id)
+            .values(status=status, cost_usd=cost, finished_at=utcnow(), lease_owner=None)
+        )
+        await session.commit()
+
+
+async def _budget(db: Database, budget_id: str) -> Budget:
+    async with db.session() as session:
+        budget = await session.get(Budget, budget_id)
+        assert budget is not None
+        return budget
+
+
+async def _new_budget(db: Database, amount: str, period: BudgetPeriod = BudgetPeriod.DAY) -> str:
+    async with db.session() as session:
+        _, key = await create_key(session, "k", tenant="t")
+        budget = await set_budget(
+            session, tenant="t", api_key_id=key.id, budget_usd=Decimal(amount), period=period
+        )
+        return budget.id
+
+
+async def test_concurrent_reservations_never_pass_the_budget(db: Database) -> None:
+    # Given a budget of 1 USD and 60 running jobs that each want 0.07 USD
+    budget_id = await _new_budget(db, "1")
+    jobs = await _running_jobs(db, 60, budget_id)
+
+    # When they all reserve at once, each in its own transaction
+    async def one(job: HeldJob) -> Reservation:
+        async with db.session() as session:
+            return await reserve(session, job, budget_id, Decimal("0.07"))
+
+    outcomes = await asyncio.gather(*(one(job) for job in jobs))
+
+    # Then exactly floor(1 / 0.07) = 14 got money, and the budget holds just that
+    assert outcomes.count(Reservation.RESERVED) == 14
+    assert outcomes.count(Reservation.WAIT) == 46  # nothing is spent yet: they may wait
+    budget = await _budget(db, budget_id)
+    assert budget.reserved_usd == Decimal("0.98")
+    assert budget.spent_usd == 0
+
+
+async def test_settle_moves_the_real_cost_to_spent_and_gives_the_rest_back(db: Database) -> None:
+    # Given two jobs holding 0.40 USD each of a 1 USD budget
+    budget_id = await _new_budget(db, "1")
+    a, b = await _running_jobs(db, 2, budget_id)
+    for job in (a, b):
+        async with db.session() as session:
+            assert await reserve(session, job, budget_id, Decimal("0.4")) is Reservation.RESERVED
+
+    # When one succeeds at 0.25 USD and the other fails, and both are settled twice
+    await _finish(db, a.id, Decimal("0.25"))
+    await _finish(db, b.id, None)
+    async with db.session() as session:
+        assert await settle(session) == 2
+    async with db.session() as session:
+        assert await settle(session) == 0
+
+    # Then the budget spent 0.25 and holds nothing; the jobs hold nothing either
+    budget = await _budget(db, budget_id)
+    assert (budget.spent_usd, budget.reserved_usd) == (Decimal("0.25"), Decimal(0))
+    async with db.session() as session:
+        held = await session.scalar(sa.select(sa.func.count()).where(Job.reserved_usd.is_not(None)))
+    assert held == 0
+
+
+async def test_exhausted_when_spend_alone_leaves_no_room(db: Database) -> None:
+    # Given a 0.5 USD budget with 0.45 spent
+    budget_id = await _new_budget(db, "0.5")
+    first, second = await _running_jobs(db, 2, budget_id)
+    async with db.session() as session:
+        assert await reserve(session, first, budget_id, Decimal("0.45")) is Reservation.RESERVED
+    await _finish(db, first.id, Decimal("0.45"))
+    async with db.session() as session:
+        await settle(session, [first.id])
+
+    # When a job wants 0.1 more
+    async with db.session() as session:
+        outcome = await reserve(session, second, budget_id, Decimal("0.1"))
+
+    # Then it is refused for good, and the API refuses such a request with a 402
+    assert outcome is Reservation.EXHAUSTED
+    budget = await _budget(db, budget_id)
+    with pytest.raises(BudgetExceeded) as refused:
+        check_affordable(budget, Decimal("0.1"))
+    assert refused.value.status_code == 402
+    check_affordable(budget, Decimal("0.05"))  # what still fits is allowed
+
+
+async def test_a_new_period_starts_from_zero(db: Database) -> None:
+    # Given a daily budget fully spent yesterday
+    budget_id = await _new_budget(db, "1")
+    (job,) = await _running_jobs(db, 1, budget_id)
+    yesterday = period_start(BudgetPeriod.DAY, utcnow()) - timedelta(hours=1)
+    async with db.session() as session:
+        await session.execute(
+            sa.update(Budget)
+            .where(Budget.id == budget_id)
+            .values(spent_usd=Decimal(1), period_start=period_start(BudgetPeriod.DAY, yesterday))
+        )
+        await session.commit()
+
+    # When a job reserves today
+    async with db.session() as session:
+        outcome = await reserve(session, job, budget_id, Decimal("0.9"))
+
+    # Then yesterday's spend no longer counts
+    assert outcome is Reservation.RESERVED
+    budget = await _budget(db, budget_id)
+    assert budget.spent_usd == 0
+    assert budget.period_start == period_start(BudgetPeriod.DAY, utcnow())
+
+
+async def test_a_lost_lease_reserves_nothing(db: Database) -> None:
+    budget_id = await _new_budget(db, "1")
+    (job,) = await _running_jobs(db, 1, budget_id)
+    async with db.session() as session:
+        outcome = await reserve(session, HeldJob(job.id, 2, OWNER), budget_id, Decimal("0.1"))
+    assert outcome is Reservation.LOST
+    assert (await _budget(db, budget_id)).reserved_usd == 0
+
+
+async def test_lifted_budget_reserves_anything_and_keeps_counting(db: Database) -> None:
+    budget_id = await _new_budget(db, "0.01")
+    (job,) = await _running_jobs(db, 1, budget_id)
+    async with db.session() as session:
+        assert await lift_budget(session, tenant="t", api_key_id=None) is False
+        key_id = (await _budget(db, budget_id)).api_key_id
+        assert await lift_budget(session, tenant="t", api_key_id=key_id) is True
+    async with db.session() as session:
+        assert await reserve(session, job, budget_id, Decimal("5")) is Reservation.RESERVED
+    await _finish(db, job.id, Decimal("3"))
+    async with db.session() as session:
+        await settle(session, [job.id])
+    assert (await _budget(db, budget_id)).spent_usd == Decimal(3)
+
+
+async def test_a_key_spends_from_its_own_budget_else_its_tenants_default(db: Database) -> None:
+    async with db.session() as session:
+        _, own = await create_key(session, "own", tenant="acme")
+        _, other = await create_key(session, "other", tenant="acme")
+        _, stranger = await create_key(session, "stranger", tenant="elsewhere")
+        default = await set_budget(
+            session,
+            tenant="acme",
+            api_key_id=None,
+            budget_usd=Decimal(10),
+            period=BudgetPeriod.MONTH,
+        )
+        mine = await set_budget(
+            session,
+            tenant="acme",
+            api_key_id=own.id,
+            budget_usd=Decimal(1),
+            period=BudgetPeriod.WEEK,
+        )
+        assert (await budget_for_key(session, own)).id == mine.id  # type: ignore[union-attr]
+        assert (await budget_for_key(session, other)).id == default.id  # type: ignore[union-attr]
+        assert await budget_for_key(session, stranger) is None
+
+
+@pytest.mark.parametrize(
+    ("period", "now", "start"),
+    [
+        (
+            BudgetPeriod.DAY,
+            datetime(2026, 3, 4, 23, 59, tzinfo=UTC),
+            datetime(2026, 3, 4, tzinfo=UTC),
+        ),
+        (BudgetPeriod.WEEK, datetime(2026, 3, 4, 12, tzinfo=UTC), datetime(2026, 3, 2, tzinfo=UTC)),
+        (
+            BudgetPeriod.MONTH,
+            datetime(2026, 3, 31, 23, tzinfo=UTC),
+            datetime(2026, 3, 1, tzinfo=UTC),
+        ),
+        (BudgetPeriod.TOTAL, datetime(2026, 3, 31, tzinfo=UTC), datetime(1970, 1, 1, tzinfo=UTC)),
+    ],
+)
+async def test_periods_start_on_utc_calendar_boundaries(
+    period: BudgetPeriod, now: datetime, start: datetime
+) -> None:
+    assert period_start(period, now) == start
