@@ -271,12 +271,9 @@ async def reserve(
     await session.rollback()
     if row is None or row.budget_usd is None:  # deleted or lifted meanwhile
         return Reservation.WAIT
-    spent = row.spent_usd
-    if BudgetPeriod(row.period) is not BudgetPeriod.TOTAL and row.period_start < period_start(
-        BudgetPeriod(row.period), now
-    ):
-        spent = _ZERO
-    if spent + amount > row.budget_usd:
+    period = BudgetPeriod(row.period)
+    over = period is not BudgetPeriod.TOTAL and row.period_start < period_start(period, now)
+    if (_ZERO if over else Decimal(row.spent_usd)) + amount > row.budget_usd:
         return Reservation.EXHAUSTED
     return Reservation.WAIT
 
