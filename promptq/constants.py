@@ -6,9 +6,12 @@ __all__ = [
     "BROKER_EPOCH_KEY",
     "BROKER_PRIORITY_SEP",
     "BROKER_UNACKED_KEY",
+    "CACHE_LOCK_PREFIX",
+    "CACHE_PREFIX",
     "GPU_QUEUE_PREFIX",
     "PRIORITY_STEPS",
     "REMOTE_QUEUE",
+    "SEMANTIC_PREFIX",
     "TASK_RUN_CHUNK",
     "TENANT_SLOTS_PREFIX",
     "WORKER_BEAT_PREFIX",
@@ -35,6 +38,12 @@ WORKER_BEAT_PREFIX = "promptq:worker:"
 BROKER_PRIORITY_SEP = "\x06\x16"
 #: Kombu's hash of messages fetched by a worker and not yet acked.
 BROKER_UNACKED_KEY = "unacked"
+#: Exact response cache entries (promptq.cache), by hashed key.
+CACHE_PREFIX = "promptq:cache:"
+#: Single-flight locks of the response cache: held by the request fetching the answer.
+CACHE_LOCK_PREFIX = "promptq:cache-lock:"
+#: Semantic cache: per tenant, model and parameters, the embeddings of cached prompts.
+SEMANTIC_PREFIX = "promptq:semcache:"
 
 
 def gpu_queue(model: str) -> str:

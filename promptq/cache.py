@@ -1,0 +1,161 @@
+"""The exact response cache, shared by every worker through Redis, with single flight.
+
+The key is the tenant, the serving model and the canonical request body (every field that
+can change the answer), so a cache entry is never shared across tenants. Identical
+requests in flight at the same time coalesce: the first to take a short Redis lock calls
+the backend (the leader), the others wait for its answer; if the leader fails, the lock is
+dropped and one of the waiters leads instead. Within one process waiters share one poll.
+
+A hit replays the stored answer: for a sampled request (temperature > 0) that is one
+sample, the same for every hit, not a fresh draw."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from promptq.constants import CACHE_LOCK_PREFIX, CACHE_PREFIX
+
+__all__ = [
+    "IGNORED_FIELDS",
+    "CachedAnswer",
+    "Hit",
+    "Lead",
+    "ResponseCache",
+    "cache_key",
+    "canonical_body",
+]
+
+#: Request fields that do not change the answer, left out of the key.
+IGNORED_FIELDS = frozenset(
+    {"model", "stream", "stream_options", "user", "metadata", "store", "cache", "service_tier"}
+)
+_POLL_FIRST = 0.01
+_POLL_MAX = 0.2
+# Deletes the lock only if this leader still holds it (it may have expired and been taken).
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+
+def canonical_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of a chat-completions body that can change the answer."""
+    return {k: v for k, v in body.items() if k not in IGNORED_FIELDS and v is not None}
+
+
+def _digest(payload: object) -> str:
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cache_key(tenant: str, model: str, body: Mapping[str, Any]) -> str:
+    """The cache key of a request: tenant, serving model and canonical body, hashed."""
+    return _digest({"tenant": tenant, "model": model, "body": canonical_body(body)})
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    """What a cache entry replays: the answer, its usage, and the job that paid for it."""
+
+    content: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    response: dict[str, Any]
+    source_job_id: str
+
+    def dumps(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+    @classmethod
+    def loads(cls, raw: bytes | str) -> CachedAnswer:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Hit:
+    """The answer was in the cache (or arrived from the leader we waited for)."""
+
+    answer: CachedAnswer
+
+
+@dataclass(frozen=True)
+class Lead:
+    """Nobody has the answer: this caller must get it, then `store` or `abandon`."""
+
+    key: str
+    token: str
+
+
+class ResponseCache:
+    """The exact cache over one Redis client; one per worker process, on its loop."""
+
+    def __init__(self, redis: aioredis.Redis, *, lock_seconds: float) -> None:
+        self._redis = redis
+        self._lock_ms = max(1, int(lock_seconds * 1000))
+        self._local: dict[str, asyncio.Event] = {}  # keys this process is leading
+        self._unlock = redis.register_script(_UNLOCK)
+        self.counters = {"hits": 0, "misses": 0, "waits": 0}
+
+    async def get(self, key: str) -> CachedAnswer | None:
+        """The stored answer for `key`, if any."""
+        raw = await self._redis.get(CACHE_PREFIX + key)
+        return None if raw is None else CachedAnswer.loads(raw)
+
+    async def lookup(self, key: str, max_wait: float) -> Hit | Lead:
+        """A hit, or the lead on `key`; waits (up to `max_wait` s) while another request
+        for the same key is in flight anywhere."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max_wait
+        delay = _POLL_FIRST
+        waited = False
+        while True:
+            answer = await self.get(key)
+            if answer is not None:
+                self.counters["hits"] += 1
+                return Hit(answer)
+            local = self._local.get(key)
+            if local is None:
+                token = secrets.token_hex(8)
+                if await self._redis.set(CACHE_LOCK_PREFIX + key, token, nx=True, px=self._lock_ms):
+                    self._local[key] = asyncio.Event()
+                    self.counters["misses"] += 1
+                    return Lead(key, token)
+            if loop.time() >= deadline:  # the leader is too slow: call the backend too
+                self.counters["misses"] += 1
+                return Lead(key, "")
+            if not waited:
+                self.counters["waits"] += 1
+                waited = True
+            if local is not None:  # led here: wait for our own leader, no polling
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(local.wait(), max(0.0, deadline - loop.time()))
+                continue
+            await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
+            delay = min(delay * 2, _POLL_MAX)
+
+    async def store(self, lead: Lead, answer: CachedAnswer, ttl_seconds: int) -> None:
+        """Keep the leader's answer for `ttl_seconds` and let the waiters have it."""
+        try:
+            await self._redis.set(CACHE_PREFIX + lead.key, answer.dumps(), ex=ttl_seconds)
+        finally:
+            await self.abandon(lead)
+
+    async def abandon(self, lead: Lead) -> None:
+        """The leader got no answer: release the lock so a waiter can lead."""
+        event = self._local.pop(lead.key, None) if lead.token else None
+        try:
+            if lead.token:
+                await self._unlock(keys=[CACHE_LOCK_PREFIX + lead.key], args=[lead.token])
+        finally:
+            if event is not None:
+                event.set()
