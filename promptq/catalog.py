@@ -5,17 +5,25 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from promptq.errors import ConfigError, ModelNotFound
 
-__all__ = ["DEFAULT_MODELS_FILE", "Backend", "Catalog", "ModelEntry", "load_catalog"]
+__all__ = [
+    "DEFAULT_MODELS_FILE",
+    "Backend",
+    "CacheMode",
+    "Catalog",
+    "ModelEntry",
+    "RouterEntry",
+    "load_catalog",
+]
 
 DEFAULT_MODELS_FILE = Path(__file__).parent / "data" / "models.toml"
 
@@ -29,6 +37,17 @@ class Backend(StrEnum):
     ANTHROPIC = "anthropic"
     #: A vLLM engine inside promptq's own GPU worker.
     VLLM = "vllm"
+
+
+class CacheMode(StrEnum):
+    """Whether a model's answers are kept and replayed (promptq.cache)."""
+
+    #: Every request goes to the backend.
+    OFF = "off"
+    #: A request identical to an earlier one of the same tenant is answered from the cache.
+    EXACT = "exact"
+    #: Also a request whose prompt means the same as an earlier one (promptq.semantic_cache).
+    SEMANTIC = "semantic"
 
 
 class ModelEntry(BaseModel):
@@ -55,6 +74,12 @@ class ModelEntry(BaseModel):
     # Skip CUDA-graph/compile capture: the engine loads in ~35 s instead of ~2 min on CPU,
     # at some cost in throughput.
     enforce_eager: bool = False
+    # Cost control: the response cache, and the tags a router matches a request's
+    # metadata.task against.
+    cache: CacheMode = CacheMode.OFF
+    cache_ttl_seconds: int = Field(default=86400, gt=0)
+    semantic_threshold: float = Field(default=0.95, gt=0, le=1)
+    capabilities: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelEntry:
@@ -80,12 +105,25 @@ class ModelEntry(BaseModel):
         return (total / Decimal(1_000_000)).quantize(Decimal("1e-10"))
 
 
+class RouterEntry(BaseModel):
+    """One `[[routers]]` entry: a name clients send as `model`, resolved per request to
+    one of its candidate models (promptq.router)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1)
+    candidates: tuple[str, ...] = Field(min_length=1)  # cheapest first
+    strategy: Literal["cheapest_fit"] = "cheapest_fit"
+    escalate_on: tuple[Literal["length", "error"], ...] = ()
+
+
 @dataclass(frozen=True)
 class Catalog(Mapping[str, ModelEntry]):
-    """The models clients may use, by name."""
+    """The models clients may use, by name, and the routers that pick among them."""
 
     entries: Mapping[str, ModelEntry]
     path: Path | None = None
+    routers: Mapping[str, RouterEntry] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> ModelEntry:
         return self.entries[name]
@@ -128,7 +166,35 @@ def parse_catalog(data: Mapping[str, Any], path: Path | None = None) -> Catalog:
         if entry.name in entries:
             raise ConfigError(f"models file: entry #{index + 1}: duplicate name {entry.name!r}")
         entries[entry.name] = entry
-    return Catalog(entries=entries, path=path)
+    return Catalog(entries=entries, path=path, routers=_parse_routers(data, entries))
+
+
+def _parse_routers(
+    data: Mapping[str, Any], entries: Mapping[str, ModelEntry]
+) -> dict[str, RouterEntry]:
+    raw_routers = data.get("routers", [])
+    if not isinstance(raw_routers, list):
+        raise ConfigError("models file: 'routers' must be a list of [[routers]] tables")
+    routers: dict[str, RouterEntry] = {}
+    for index, raw in enumerate(raw_routers):
+        where = f"models file: router #{index + 1} ({raw.get('name', '?')!r})"
+        try:
+            router = RouterEntry.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'entry'}: {e['msg']}" for e in exc.errors()
+            )
+            raise ConfigError(f"{where}: {problems}") from None
+        if router.name in entries or router.name in routers:
+            raise ConfigError(f"{where}: the name is already used by a model or router")
+        unknown = [c for c in router.candidates if c not in entries]
+        if unknown:
+            raise ConfigError(f"{where}: unknown candidate model(s) {unknown}")
+        # One worker runs the whole escalation chain: every candidate on the same queue.
+        if any(entries[c].backend is Backend.VLLM for c in router.candidates):
+            raise ConfigError(f"{where}: candidates must all be remote (openai/anthropic) models")
+        routers[router.name] = router
+    return routers
 
 
 def load_catalog(path: Path | None) -> Catalog:
