@@ -146,14 +146,16 @@ async def set_budget(
     tenant: str,
     api_key_id: str | None,
     budget_usd: Decimal,
-    period: BudgetPeriod,
+    period: BudgetPeriod | None = None,
 ) -> Budget:
     """Set (or change) the budget of a key, or with `api_key_id` None the default budget of
-    the tenant's keys that have none. Changing the period starts the new one now."""
+    the tenant's keys that have none. Changing the period starts the new one now; None
+    keeps the budget's period (a new budget is monthly)."""
     if budget_usd < 0:
         raise InvalidRequest("invalid_budget", "A budget cannot be negative.")
     now = utcnow()
     budget = await _find(session, tenant, api_key_id)
+    period = period or (budget.period if budget is not None else BudgetPeriod.MONTH)
     if budget is None:
         budget = Budget(
             id=new_id("budget_"),
@@ -167,7 +169,7 @@ async def set_budget(
         )
         session.add(budget)
     elif budget.period is not period:
-        budget.spent_usd = spent_now(budget, now) if period is budget.period else _ZERO
+        budget.spent_usd = _ZERO
         budget.period, budget.period_start = period, period_start(period, now)
     budget.budget_usd = budget_usd
     budget.updated_at = now

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from promptq import cli_ops
+from promptq.cli_cost import BudgetOpt, PeriodOpt, apply_budget, register_cost_commands
 from promptq.cli_keys import register_key_commands
 from promptq.config import get_settings
 from promptq.logs import configure_logging
@@ -48,6 +49,7 @@ app.add_typer(keys_app, name="keys")
 app.command("gc")(cli_ops.gc)
 app.command("flower")(cli_ops.flower)
 register_key_commands(keys_app)
+register_cost_commands(app, keys_app)
 
 ApiUrl = Annotated[str, typer.Option(envvar="PROMPTQ_API_URL", help="promptq's API.")]
 ApiKeyOpt = Annotated[str, typer.Option(envvar="PROMPTQ_API_KEY", help="Your API key.")]
@@ -144,6 +146,8 @@ def keys_create(
     tenant: Annotated[str | None, typer.Option(help="Defaults to NAME.")] = None,
     admin: bool = False,
     webhook_url: str | None = None,
+    budget_usd: BudgetOpt = None,
+    budget_period: PeriodOpt = None,
 ) -> None:
     """Create an API key and print it, and its webhook signing secret on stderr (both are
     shown only once)."""
@@ -157,6 +161,14 @@ def keys_create(
                 token, key = await create_key(
                     session, name, tenant=tenant, admin=admin, webhook_url=webhook_url
                 )
+                if budget_usd is not None:
+                    await apply_budget(
+                        session,
+                        tenant=key.tenant,
+                        api_key_id=key.id,
+                        budget_usd=budget_usd,
+                        period=budget_period,
+                    )
         finally:
             await db.dispose()
         return token, key.webhook_secret

@@ -91,15 +91,19 @@ def estimate_lines(
     return estimate
 
 
-def estimate_file(path: Path, catalog: Catalog, default: int) -> Estimate:
-    """Estimate a JSONL batch file on disk, without submitting it."""
+def estimate_file(
+    path: Path, catalog: Catalog, default: int, *, model: str | None = None
+) -> Estimate:
+    """Estimate a JSONL batch file on disk, without submitting it (`model`: as if every
+    line named it, like `promptq submit --model`)."""
 
     def lines() -> Iterable[tuple[str | None, Mapping[str, Any] | None]]:
         with path.open(encoding="utf-8", errors="replace") as fh:
             for raw in fh:
                 if raw.strip():
                     parsed, _ = parse_line(raw.strip())
-                    yield parsed.model, parsed.body if parsed.error_code is None else None
+                    body = parsed.body if parsed.error_code is None else None
+                    yield (model or parsed.model), body
 
     return estimate_lines(lines(), catalog, default)
 
