@@ -120,6 +120,9 @@ async def retry_batch(
         batch_metadata=source.batch_metadata,
         webhook_url=source.webhook_url,
         retry_of=source.id,
+        api_key_id=source.api_key_id,
+        budget_id=source.budget_id,
+        cache_opt_out=source.cache_opt_out,
         created_at=now,
         expires_at=now + (source.expires_at - source.created_at),
     )

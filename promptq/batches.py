@@ -96,6 +96,9 @@ async def _insert_lines(
         "attempts": sa.literal(0),
         "created_at": sa.literal(batch.created_at, type_=Job.created_at.type),
         "webhook_url": sa.literal(None, type_=sa.Text),
+        "api_key_id": sa.literal(batch.api_key_id, type_=Job.api_key_id.type),
+        "budget_id": sa.literal(batch.budget_id, type_=Job.budget_id.type),
+        "cache_opt_out": sa.literal(batch.cache_opt_out, type_=Job.cache_opt_out.type),
         **{
             k: v
             if isinstance(v, sa.ColumnElement | QueryableAttribute)
@@ -119,7 +122,11 @@ async def create_batch(
     await session.flush()
     ok = sa.and_(FileLine.error_code.is_(None), FileLine.url == batch.endpoint)
     now = utcnow()
-    for name, entry in catalog.items():
+    # A router's lines go to the queue of its models (all served by the same workers).
+    serving = [(name, entry) for name, entry in catalog.items()] + [
+        (name, catalog[router.candidates[0]]) for name, router in catalog.routers.items()
+    ]
+    for name, entry in serving:
         values = {"queue": queue_for(entry), "max_attempts": max_attempts}
         where = sa.and_(ok, FileLine.model == name)
         await _insert_lines(session, batch, where, values, refused=False)
@@ -136,7 +143,7 @@ async def create_batch(
             },
         ),
         (
-            sa.and_(ok, FileLine.model.not_in(list(catalog))),
+            sa.and_(ok, FileLine.model.not_in([*catalog, *catalog.routers])),
             {
                 "error_code": JobErrorCode.MODEL_NOT_FOUND.value,
                 # The one wording of model_not_found, made in SQL for each line's model.

@@ -4,9 +4,9 @@ month or in total. Before a job runs it reserves its maximum cost with one guard
 budget cannot be passed; once the job is terminal its reservation is settled: the real
 cost moves to `spent`, the rest is given back.
 
-A reservation belongs to the job, not to an attempt: a retried or re-delivered job keeps
-it, and whatever ends the job (a worker, a cancel, the sweeper) leaves it to `settle`,
-which finds terminal jobs still holding one."""
+A reservation (a row of `reservations`) belongs to the job, not to an attempt: a retried or
+re-delivered job keeps it, and whatever ends the job (a worker, a cancel, the sweeper)
+leaves it to `settle`, which finds the reservations of jobs that ended."""
 
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ from promptq.models import (
     JobStatus,
     utcnow,
 )
+from promptq.models import Reservation as ReservationRow
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 
 __all__ = [
@@ -101,6 +102,7 @@ def max_cost(entry: ModelEntry, body: Mapping[str, Any], default_completion: int
 
 _BUDGETS: sa.Table = Budget.__table__  # type: ignore[assignment]
 _JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+_RESERVATIONS: sa.Table = ReservationRow.__table__  # type: ignore[assignment]
 
 
 def _current_start(now: datetime) -> sa.ColumnElement[datetime]:
@@ -231,20 +233,18 @@ async def reserve(
     session: AsyncSession, job: HeldJob, budget_id: str, amount: Decimal
 ) -> Reservation:
     """Hold `amount` more for the running job `job` against its budget, atomically (one
-    guarded UPDATE of the budget row), in one transaction with the job's own record of it."""
+    guarded UPDATE of the budget row), in one transaction with the job's reservation row."""
     now = utcnow()
-    b, j = _BUDGETS.c, _JOBS.c
-    held = await session.execute(
-        sa.update(_JOBS)
-        .where(
+    b, j, r = _BUDGETS.c, _JOBS.c, _RESERVATIONS.c
+    held = await session.scalar(
+        sa.select(sa.func.count()).where(
             j.id == job.id,
             j.status == JobStatus.RUNNING,
             j.attempts == job.attempt,
             j.lease_owner == job.owner,
         )
-        .values(reserved_usd=sa.func.coalesce(j.reserved_usd, _ZERO) + amount, budget_id=budget_id)
     )
-    if held.rowcount != 1:  # type: ignore[attr-defined]
+    if not held:
         await session.rollback()
         return Reservation.LOST
     spent = _spent_in_period(now)
@@ -262,9 +262,29 @@ async def reserve(
         )
     )
     if got.rowcount == 1:  # type: ignore[attr-defined]
+        # The budget row is locked now: no other transaction adds to this job's row.
+        topped = await session.execute(
+            sa.update(_RESERVATIONS)
+            .where(r.job_id == job.id)
+            .values(amount_usd=r.amount_usd + amount)
+        )
+        if topped.rowcount != 1:  # type: ignore[attr-defined]
+            await session.execute(
+                sa.insert(_RESERVATIONS).values(
+                    job_id=job.id, budget_id=budget_id, amount_usd=amount, created_at=now
+                )
+            )
         await session.commit()
         return Reservation.RESERVED
     await session.rollback()
+    return await _refused(session, budget_id, amount, now)
+
+
+async def _refused(
+    session: AsyncSession, budget_id: str, amount: Decimal, now: datetime
+) -> Reservation:
+    # Why the guarded UPDATE matched nothing: spend alone, or others' reservations.
+    b = _BUDGETS.c
     row = (
         await session.execute(
             sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd).where(b.id == budget_id)
@@ -283,35 +303,37 @@ async def reserve(
 async def settle(
     session: AsyncSession, job_ids: Sequence[str] | None = None, limit: int = 1000
 ) -> int:
-    """Settle the reservations of terminal jobs (all of them, or of `job_ids`): their cost
-    is added to the spend of the period they finished in, the reservation given back.
-    Returns how many jobs were settled. Safe to run anywhere at once: a job is settled by
-    the one transaction that clears its reservation."""
-    j = _JOBS.c
-    where = sa.and_(j.reserved_usd.is_not(None), j.status.in_(TERMINAL_JOB_STATUSES))
+    """Settle the reservations of jobs that ended (all of them, or of `job_ids`): their cost
+    is added to the spend of the period they finished in, the reservation given back (a
+    job that no longer exists gives it all back). Returns how many were settled. Safe to
+    run anywhere at once: each reservation row is settled by the one transaction that
+    deletes it."""
+    j, r = _JOBS.c, _RESERVATIONS.c
+    ended = sa.or_(j.id.is_(None), j.status.in_(TERMINAL_JOB_STATUSES))
+    picked = (
+        sa.select(r.job_id, r.budget_id, r.amount_usd, j.cost_usd, j.finished_at)
+        .select_from(_RESERVATIONS.outerjoin(_JOBS, j.id == r.job_id))
+        .where(ended)
+        .order_by(r.job_id)
+        .limit(limit)
+    )
     if job_ids is not None:
         if not job_ids:
             return 0
-        where = sa.and_(where, j.id.in_(list(job_ids)))
-    picked = (
-        sa.select(j.id, j.budget_id, j.reserved_usd, j.cost_usd, j.finished_at)
-        .where(where)
-        .order_by(j.id)
-        .limit(limit)
-    )
+        picked = picked.where(r.job_id.in_(list(job_ids)))
     if session.get_bind().dialect.name == "postgresql":
-        picked = picked.with_for_update(skip_locked=True)  # settlers never wait on each other
+        # Settlers never wait on each other: each takes the rows nobody else holds.
+        picked = picked.with_for_update(of=_RESERVATIONS, skip_locked=True)
     rows = (await session.execute(picked)).all()
     if not rows:
         await session.rollback()
         return 0
     await session.execute(
-        sa.update(_JOBS).where(j.id.in_([r.id for r in rows])).values(reserved_usd=None)
+        sa.delete(_RESERVATIONS).where(r.job_id.in_([row.job_id for row in rows]))
     )
     by_budget: dict[str, list[Any]] = defaultdict(list)
     for row in rows:
-        if row.budget_id:
-            by_budget[row.budget_id].append(row)
+        by_budget[row.budget_id].append(row)
     now = utcnow()
     for budget_id in sorted(by_budget):  # one order everywhere: no deadlock between settlers
         await _settle_budget(session, budget_id, by_budget[budget_id], now)
@@ -329,7 +351,7 @@ async def _settle_budget(
     if budget is None:
         return
     start = period_start(BudgetPeriod(budget.period), now)
-    returned = sum((Decimal(r.reserved_usd) for r in rows), _ZERO)
+    returned = sum((Decimal(r.amount_usd) for r in rows), _ZERO)
     # A job that finished before the current period began was spent in a period now over.
     spent = sum(
         (Decimal(r.cost_usd or 0) for r in rows if r.finished_at is None or r.finished_at >= start),

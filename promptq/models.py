@@ -32,6 +32,7 @@ __all__ = [
     "IdempotencyKey",
     "Job",
     "JobStatus",
+    "Reservation",
     "UsageRecord",
     "WebhookEvent",
     "WebhookStatus",
@@ -218,6 +219,19 @@ class Budget(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Reservation(Base):
+    """Money a job holds against its budget until it ends (then `budgets.settle` turns it
+    into spend and deletes the row). No foreign key: a reservation outlives its job if the
+    job is deleted, and is then given back."""
+
+    __tablename__ = "reservations"
+
+    job_id: Mapped[str] = mapped_column(sa.String(40), primary_key=True)
+    budget_id: Mapped[str] = mapped_column(sa.String(40), index=True)
+    amount_usd: Mapped[Decimal] = mapped_column(Money)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class File(Base):
     """An uploaded batch input, or a batch's output or error file."""
 
@@ -333,24 +347,16 @@ class Job(Base):
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     # Cost control (promptq.budgets, promptq.cache): the key that submitted the job, the
-    # budget it spends from, what it holds reserved there until settled, whether its
-    # answer came from the response cache and what that saved, and the client's opt-out.
+    # budget it spends from, whether its answer came from the response cache and what
+    # that saved, and the client's opt-out.
     api_key_id: Mapped[str | None] = mapped_column(sa.String(40))
     budget_id: Mapped[str | None] = mapped_column(sa.String(40))
-    reserved_usd: Mapped[Decimal | None] = mapped_column(Money)
     cached: Mapped[bool | None] = mapped_column(sa.Boolean)
     saved_usd: Mapped[Decimal | None] = mapped_column(Money)
     cache_opt_out: Mapped[bool | None] = mapped_column(sa.Boolean)
 
     __table_args__ = (
         sa.Index("ix_jobs_api_key_id_finished_at", "api_key_id", "finished_at"),
-        # The settler looks for finished jobs that still hold a reservation.
-        sa.Index(
-            "ix_jobs_reserved",
-            "budget_id",
-            postgresql_where=sa.text("reserved_usd IS NOT NULL"),
-            sqlite_where=sa.text("reserved_usd IS NOT NULL"),
-        ),
         sa.Index("ix_jobs_batch_id_status", "batch_id", "status"),
         sa.Index("ix_jobs_batch_id_line_no", "batch_id", "line_no"),
         sa.Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),

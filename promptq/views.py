@@ -79,6 +79,8 @@ class JobOut(BaseModel):
     ttft_ms: float | None
     error: JobError | None
     metadata: dict[str, Any] | None
+    cached: bool = False
+    saved_usd: float | None = None
 
 
 def job_out(job: Job) -> JobOut:
@@ -111,6 +113,8 @@ def job_out(job: Job) -> JobOut:
         if job.error_code and not done
         else None,
         metadata=job.job_metadata,
+        cached=bool(job.cached),
+        saved_usd=float(job.saved_usd) if job.saved_usd is not None else None,
     )
 
 
@@ -255,6 +259,7 @@ class BatchOut(BaseModel):
     priority: int
     cost_usd: float
     retry_of: str | None = None
+    estimated_cost_usd: float | None = None
 
 
 def batch_out(batch: Batch, summary: BatchSummary) -> BatchOut:
@@ -287,4 +292,7 @@ def batch_out(batch: Batch, summary: BatchSummary) -> BatchOut:
         priority=batch.priority,
         cost_usd=float(summary.cost_usd),
         retry_of=batch.retry_of,
+        estimated_cost_usd=None
+        if batch.estimated_cost_usd is None
+        else float(batch.estimated_cost_usd),
     )

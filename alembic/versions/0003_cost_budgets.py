@@ -1,4 +1,4 @@
-"""cost control: budgets, reservations on jobs, cache hits, batch estimates
+"""cost control: budgets, reservations, cache hits, batch estimates
 
 Revision ID: 0003_cost_budgets
 Revises: 0002
@@ -57,22 +57,27 @@ def upgrade() -> None:
     with op.batch_alter_table("budgets", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_budgets_tenant"), ["tenant"], unique=False)
 
+    op.create_table(
+        "reservations",
+        sa.Column("job_id", sa.String(length=40), nullable=False),
+        sa.Column("budget_id", sa.String(length=40), nullable=False),
+        sa.Column("amount_usd", _MONEY, nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("job_id", name=op.f("pk_reservations")),
+    )
+    with op.batch_alter_table("reservations", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_reservations_budget_id"), ["budget_id"], unique=False
+        )
+
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("api_key_id", sa.String(length=40), nullable=True))
         batch_op.add_column(sa.Column("budget_id", sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column("reserved_usd", _MONEY, nullable=True))
         batch_op.add_column(sa.Column("cached", sa.Boolean(), nullable=True))
         batch_op.add_column(sa.Column("saved_usd", _MONEY, nullable=True))
         batch_op.add_column(sa.Column("cache_opt_out", sa.Boolean(), nullable=True))
         batch_op.create_index(
             "ix_jobs_api_key_id_finished_at", ["api_key_id", "finished_at"], unique=False
-        )
-        batch_op.create_index(
-            "ix_jobs_reserved",
-            ["budget_id"],
-            unique=False,
-            postgresql_where=sa.text("reserved_usd IS NOT NULL"),
-            sqlite_where=sa.text("reserved_usd IS NOT NULL"),
         )
 
     with op.batch_alter_table("batches", schema=None) as batch_op:
@@ -98,14 +103,16 @@ def downgrade() -> None:
         batch_op.drop_column("api_key_id")
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_index("ix_jobs_reserved")
         batch_op.drop_index("ix_jobs_api_key_id_finished_at")
         batch_op.drop_column("cache_opt_out")
         batch_op.drop_column("saved_usd")
         batch_op.drop_column("cached")
-        batch_op.drop_column("reserved_usd")
         batch_op.drop_column("budget_id")
         batch_op.drop_column("api_key_id")
+
+    with op.batch_alter_table("reservations", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_reservations_budget_id"))
+    op.drop_table("reservations")
 
     with op.batch_alter_table("budgets", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_budgets_tenant"))

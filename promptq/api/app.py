@@ -13,7 +13,7 @@ from promptq.api.deps import AppState
 from promptq.api.docs import install_docs
 from promptq.api.errors import ERROR_RESPONSES, install_error_handlers
 from promptq.api.limits import BodySizeLimit
-from promptq.api.routes import batches, files, jobs, meta, metrics
+from promptq.api.routes import batches, files, jobs, meta, metrics, usage
 from promptq.catalog import Catalog, load_catalog
 from promptq.cluster_view import ClusterView
 from promptq.config import Settings, get_settings
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
     )
     install_error_handlers(app)
     install_docs(app)
-    for module in (jobs, files, batches):
+    for module in (jobs, files, batches, usage):
         app.include_router(
             module.router, responses=ERROR_RESPONSES, dependencies=[Depends(_no_nul_in_url)]
         )

@@ -74,10 +74,15 @@ class JobCreate(_Input, ChatRequest):
     priority: int = Priority
     metadata: Metadata | None = None
     webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL)
+    cache: bool | None = Field(
+        default=None, description="false: never answer this request from the response cache."
+    )
 
     def request_body(self) -> dict[str, Any]:
         """The body sent to the backend: everything but promptq's own fields."""
-        return self.model_dump(exclude={"priority", "metadata", "webhook_url"}, exclude_none=True)
+        return self.model_dump(
+            exclude={"priority", "metadata", "webhook_url", "cache"}, exclude_none=True
+        )
 
 
 class BatchCreate(_Input):
@@ -89,6 +94,14 @@ class BatchCreate(_Input):
     metadata: Metadata | None = None
     priority: int | None = Field(default=None, ge=0, le=9)
     webhook_url: str | None = Field(default=None, max_length=MAX_WEBHOOK_URL)
+    cache: bool | None = Field(
+        default=None, description="false: never answer this batch's lines from the cache."
+    )
+    max_cost_usd: float | None = Field(
+        default=None,
+        ge=0,
+        description="Refuse the batch (402 estimate_too_high) if its estimate is higher.",
+    )
 
 
 class BatchList(BaseModel):

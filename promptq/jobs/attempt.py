@@ -27,6 +27,11 @@ class ClaimedJob:
     # For operators (metrics, Flower): the batch line's custom_id and the job's creation.
     custom_id: str | None = None
     created_at: datetime | None = None
+    # Cost control: the budget it spends from, the client's cache opt-out, and the
+    # request's metadata.task (a router matches it against models' capabilities).
+    budget_id: str | None = None
+    cache_opt_out: bool = False
+    task: str | None = None
 
     @classmethod
     def claimed(cls, row: Any, owner: str) -> ClaimedJob:
@@ -44,11 +49,20 @@ class ClaimedJob:
             webhook_url=row.webhook_url,
             custom_id=row.custom_id,
             created_at=row.created_at,
+            budget_id=row.budget_id,
+            cache_opt_out=bool(row.cache_opt_out),
+            task=_task(row.job_metadata),
         )
 
     def next_attempt(self) -> ClaimedJob:
         """The same lease, counted as the following attempt."""
         return replace(self, attempt=self.attempt + 1)
+
+
+def _task(metadata: Any) -> str | None:
+    # The request's metadata.task, which a router matches against models' capabilities.
+    task = metadata.get("task") if isinstance(metadata, dict) else None
+    return task if isinstance(task, str) else None
 
 
 @dataclass(frozen=True)
@@ -72,6 +86,10 @@ class JobOutcome:
     cost_usd: Decimal
     response: dict[str, Any]
     ttft_ms: float | None = None
+    # An answer replayed from the response cache: billed 0, `saved_usd` what it would
+    # have cost.
+    cached: bool = False
+    saved_usd: Decimal | None = None
 
 
 #: A finished attempt: the job as claimed and what the attempt produced.

@@ -28,6 +28,12 @@ class JobErrorCode(StrEnum):
     #: The job or line names a model the models file does not list.
     MODEL_NOT_FOUND = "model_not_found"
 
+    # -- cost control (promptq.workers.spending) ----------------------------------------
+    #: The key's budget has too little left for the job's maximum cost this period.
+    BUDGET_EXCEEDED = "budget_exceeded"
+    #: The job names a router and none of its models can take it.
+    NO_MODEL_FITS = "no_model_fits"
+
     # -- a batch input line that cannot run (promptq.files) -----------------------------
     #: The line is not JSON.
     INVALID_JSON = "invalid_json"

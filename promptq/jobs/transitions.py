@@ -175,6 +175,9 @@ async def claim(
             c.webhook_url,
             c.custom_id,
             c.created_at,
+            c.budget_id,
+            c.cache_opt_out,
+            c["metadata"].label("job_metadata"),
         )
     )
     rows = (await session.execute(stmt)).all()
@@ -269,6 +272,8 @@ _RESULT_COLUMNS = (
     "completion_tokens",
     "cost_usd",
     "ttft_ms",
+    "cached",
+    "saved_usd",
 )
 _SUCCEED = _finishing(SUCCEED, (*_FINAL_COLUMNS, *_RESULT_COLUMNS))
 _FAIL = _finishing(FAIL, _FINAL_COLUMNS)
@@ -299,6 +304,8 @@ def _final_update(job: ClaimedJob, result: JobOutcome | JobFailure, now: datetim
         p_completion_tokens=result.completion_tokens,
         p_cost_usd=result.cost_usd,
         p_ttft_ms=result.ttft_ms,
+        p_cached=result.cached,
+        p_saved_usd=result.saved_usd,
     )
     return _SUCCEED, params
 
@@ -313,6 +320,8 @@ def _ledger_row(job: ClaimedJob, outcome: JobOutcome, now: datetime) -> dict[str
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost_usd": outcome.cost_usd,
+        "cached": outcome.cached,
+        "saved_usd": outcome.saved_usd,
         "created_at": now,
     }
 

@@ -18,10 +18,9 @@ import structlog
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.errors import RetryableError, TerminalError, model_not_found_message
+from promptq.errors import AttemptError, RetryableError, TerminalError
 from promptq.jobs import (
     ClaimedJob,
-    JobErrorCode,
     JobFailure,
     JobOutcome,
     claim,
@@ -33,6 +32,7 @@ from promptq.retry import backoff_delay
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.result_writer import ResultWriter
+from promptq.workers.spending import LeaseLost, Paid, Spending, Ticket, mark
 from promptq.workers.supervisor import Supervisor
 from promptq.workers.telemetry import JobTelemetry, answer_outcome
 
@@ -103,6 +103,7 @@ class WorkerRuntime:
         self._db: Database | None = None
         self._redis: aioredis.Redis | None = None
         self._results: ResultWriter | None = None
+        self._spending: Spending | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
         self.telemetry = JobTelemetry(settings, self.owner, events=settings.job_task_events)
 
@@ -172,11 +173,13 @@ class WorkerRuntime:
             self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
         self._results.start()
+        self._spending = Spending(self.settings, self.catalog, self._db)
         for entry in preload:
             await self._backend(entry)
         self.supervisor.watch("result_writer", self._results.task)
         self.supervisor.spawn("heartbeat", side_tasks.heartbeat(self))
         self.supervisor.spawn("batch_checker", side_tasks.batch_checker(self))
+        self.supervisor.spawn("budget_settler", self.spending.settler())
         log.info("worker.started", owner=self.owner, max_in_flight=self.max_in_flight)
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -201,6 +204,11 @@ class WorkerRuntime:
     def redis(self) -> aioredis.Redis:
         assert self._redis is not None, "runtime not started"
         return self._redis
+
+    @property
+    def spending(self) -> Spending:
+        assert self._spending is not None, "runtime not started"
+        return self._spending
 
     @property
     def results(self) -> ResultWriter:
@@ -260,14 +268,63 @@ class WorkerRuntime:
             self._capacity.notify_all()
 
     async def _attempt(self, job: ClaimedJob) -> None:
-        entry = self.catalog.get(job.model)
-        if entry is None:
-            error = TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
-            await self._fail(job, error)
+        # Routing picks the models to try; per model the cache may answer, else the
+        # budget is reserved and the backend called (retried); a cut-off or failed answer
+        # moves on to the next model when the router says so.
+        try:
+            plan = self.spending.plan(job)
+        except TerminalError as exc:
+            await self._fail(job, exc)
             return
+        current, paid = job, Paid()
+        for step, entry in enumerate(plan.chain):
+            ticket = await self.spending.lookup(current, entry)
+            if ticket.answer is not None:
+                await self._store(current, self.spending.cached_outcome(ticket, entry, paid))
+                return
+            called = await self._reserve_and_call(current, entry, ticket)
+            if called is None:
+                return  # the lease was lost: the job is someone else's now
+            current, result = called
+            if isinstance(result, AttemptError):
+                if result.code != "budget_exceeded" and plan.escalates(step, "error"):
+                    continue
+                await self._fail(current, result)
+                return
+            response = result.extra.get("response") or chat_completion_body(
+                current.id, entry.name, result
+            )
+            await self.spending.remember(ticket, current, entry, result, response)
+            if result.finish_reason == "length" and plan.escalates(step, "length"):
+                paid.add(entry, result)
+                continue
+            await self._succeed(current, entry, result, response, paid)
+            return
+
+    async def _reserve_and_call(
+        self, job: ClaimedJob, entry: ModelEntry, ticket: Ticket
+    ) -> tuple[ClaimedJob, Completion | AttemptError] | None:
+        try:
+            await self.spending.reserve(job, entry)
+        except TerminalError as exc:
+            await self.spending.abandon(ticket)
+            return job, exc
+        except LeaseLost:
+            await self.spending.abandon(ticket)
+            return None
+        called = await self._call(job, entry)
+        if called is None or isinstance(called[1], AttemptError):
+            await self.spending.abandon(ticket)
+        return called
+
+    async def _call(
+        self, job: ClaimedJob, entry: ModelEntry
+    ) -> tuple[ClaimedJob, Completion | AttemptError] | None:
+        # The backend, retried with backoff up to the job's max attempts; None if the lease
+        # was lost meanwhile.
         backend = await self._backend(entry)
-        current: ClaimedJob | None = job
-        while current is not None:
+        current = job
+        while True:
             request = JobRequest(
                 current.id,
                 current.attempt,
@@ -280,21 +337,21 @@ class WorkerRuntime:
                 completion = await backend.complete(request)
             except TerminalError as exc:
                 self.telemetry.answered(entry, "terminal_error")
-                await self._fail(current, exc)
-                return
+                return current, exc
             except RetryableError as exc:
                 self.telemetry.answered(entry, answer_outcome(exc))
-                current = await self._retry_or_fail(current, exc)
+                if current.attempt >= current.max_attempts:
+                    message = f"{exc.message} (gave up after {current.attempt} attempts)"
+                    return current, RetryableError(exc.code, message, exc.provider_status)
+                nxt = await self._next_attempt(current, exc)
+                if nxt is None:
+                    return None
+                current = nxt
                 continue
             self.telemetry.answered(entry, "ok")
-            await self._succeed(current, entry, completion)
-            return
+            return current, completion
 
-    async def _retry_or_fail(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
-        if job.attempt >= job.max_attempts:
-            message = f"{exc.message} (gave up after {job.attempt} attempts)"
-            await self._fail(job, RetryableError(exc.code, message, exc.provider_status))
-            return None
+    async def _next_attempt(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
         delay = backoff_delay(
             job.attempt, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
@@ -311,29 +368,39 @@ class WorkerRuntime:
             self.telemetry.started(nxt)
         return nxt
 
-    async def _succeed(self, job: ClaimedJob, entry: ModelEntry, completion: Completion) -> None:
-        response = completion.extra.get("response") or chat_completion_body(
-            job.id, entry.name, completion
-        )
+    async def _succeed(
+        self,
+        job: ClaimedJob,
+        entry: ModelEntry,
+        completion: Completion,
+        response: dict[str, Any],
+        paid: Paid,
+    ) -> None:
         outcome = JobOutcome(
             content=completion.content,
             finish_reason=completion.finish_reason,
-            prompt_tokens=completion.prompt_tokens,
-            completion_tokens=completion.completion_tokens,
-            cost_usd=entry.cost(completion.prompt_tokens, completion.completion_tokens),
-            response=response,
+            prompt_tokens=paid.prompt_tokens + completion.prompt_tokens,
+            completion_tokens=paid.completion_tokens + completion.completion_tokens,
+            cost_usd=paid.cost_usd
+            + entry.cost(completion.prompt_tokens, completion.completion_tokens),
+            response=mark(response, entry, paid, cached=False),
             ttft_ms=completion.ttft_ms,
         )
+        await self._store(job, outcome)
+
+    async def _store(self, job: ClaimedJob, outcome: JobOutcome) -> None:
         stored = await self.results.write(job, outcome)
+        self.spending.finished(job)
         self.counters["succeeded" if stored else "lost"] += 1
         if stored:
             self.telemetry.succeeded(job, outcome)
         if not stored:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
-    async def _fail(self, job: ClaimedJob, exc: TerminalError | RetryableError) -> None:
+    async def _fail(self, job: ClaimedJob, exc: AttemptError) -> None:
         failure = JobFailure(exc.code, exc.message, exc.provider_status)
         stored = await self.results.write(job, failure)
+        self.spending.finished(job)
         self.counters["failed" if stored else "lost"] += 1
         if stored:
             self.telemetry.failed(job, failure)
@@ -361,6 +428,7 @@ class WorkerRuntime:
         await side_tasks.forget_beat(self)
         for backend in self._backends.values():
             await backend.aclose()
+        await self.spending.close()
         if self._on_stop is not None:
             await self._on_stop()
         await self.redis.aclose()

@@ -25,6 +25,7 @@ from promptq.budgets import (
 from promptq.db import Database
 from promptq.keys import create_key
 from promptq.models import Budget, BudgetPeriod, Job, JobStatus, utcnow
+from promptq.models import Reservation as ReservationRow
 
 pytestmark = pytest.mark.anyio
 
@@ -43,7 +44,6 @@ async def _running_jobs(db: Database, n: int, budget_id: str, tenant: str = "t")
                 attempts=1,
                 max_attempts=3,
                 lease_owner=OWNER,
-                budget_id=budget_id,
                 created_at=now,
             )
             for i in range(n)
@@ -119,7 +119,7 @@ async def test_settle_moves_the_real_cost_to_spent_and_gives_the_rest_back(db: D
     budget = await _budget(db, budget_id)
     assert (budget.spent_usd, budget.reserved_usd) == (Decimal("0.25"), Decimal(0))
     async with db.session() as session:
-        held = await session.scalar(sa.select(sa.func.count()).where(Job.reserved_usd.is_not(None)))
+        held = await session.scalar(sa.select(sa.func.count()).select_from(ReservationRow))
     assert held == 0
 
 
@@ -142,7 +142,7 @@ async def test_exhausted_when_spend_alone_leaves_no_room(db: Database) -> None:
     budget = await _budget(db, budget_id)
     with pytest.raises(BudgetExceeded) as refused:
         check_affordable(budget, Decimal("0.1"))
-    assert refused.value.status_code == 402
+    assert refused.value.http_status == 402
     check_affordable(budget, Decimal("0.05"))  # what still fits is allowed
 
 
@@ -239,3 +239,32 @@ async def test_periods_start_on_utc_calendar_boundaries(
     period: BudgetPeriod, now: datetime, start: datetime
 ) -> None:
     assert period_start(period, now) == start
+
+
+async def test_a_deleted_job_gives_its_reservation_back(db: Database) -> None:
+    budget_id = await _new_budget(db, "1")
+    (job,) = await _running_jobs(db, 1, budget_id)
+    async with db.session() as session:
+        assert await reserve(session, job, budget_id, Decimal("0.3")) is Reservation.RESERVED
+        await session.execute(sa.delete(Job).where(Job.id == job.id))
+        await session.commit()
+    async with db.session() as session:
+        assert await settle(session) == 1
+    budget = await _budget(db, budget_id)
+    assert (budget.spent_usd, budget.reserved_usd) == (Decimal(0), Decimal(0))
+
+
+async def test_a_top_up_adds_to_the_jobs_reservation(db: Database) -> None:
+    budget_id = await _new_budget(db, "1")
+    (job,) = await _running_jobs(db, 1, budget_id)
+    for amount in ("0.2", "0.3"):
+        async with db.session() as session:
+            assert await reserve(session, job, budget_id, Decimal(amount)) is Reservation.RESERVED
+    async with db.session() as session:
+        row = await session.get(ReservationRow, job.id)
+        assert row is not None and row.amount_usd == Decimal("0.5")
+    await _finish(db, job.id, Decimal("0.45"))
+    async with db.session() as session:
+        assert await settle(session, [job.id]) == 1
+    budget = await _budget(db, budget_id)
+    assert (budget.spent_usd, budget.reserved_usd) == (Decimal("0.45"), Decimal(0))

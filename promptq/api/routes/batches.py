@@ -10,6 +10,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from promptq.api.cost import admit_batch
 from promptq.api.deps import (
     AppState,
     CatalogDep,
@@ -72,6 +73,7 @@ async def _start(
     file = owned(await session.get(File, body.input_file_id), key, "file", body.input_file_id)
     if file.purpose != FilePurpose.BATCH:
         raise InvalidRequest("invalid_file", "input_file_id must name a file of purpose 'batch'.")
+    admitted = await admit_batch(session, key, file.id, catalog, state.settings, body.max_cost_usd)
     now = utcnow()
     batch = Batch(
         id=new_id("batch_"),
@@ -84,6 +86,10 @@ async def _start(
         webhook_url=body.webhook_url or key.webhook_url,
         created_at=now,
         expires_at=now + window,
+        api_key_id=key.id,
+        budget_id=admitted.budget_id,
+        estimated_cost_usd=admitted.estimate.max_cost_usd if admitted.estimate else None,
+        cache_opt_out=body.cache is False,
     )
     batch = await create_batch(session, catalog, batch, state.settings.max_attempts)
     await dispatch_queued(

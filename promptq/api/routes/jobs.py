@@ -6,6 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from promptq.api.cost import admit_job, serving_entry
 from promptq.api.deps import (
     AppState,
     CatalogDep,
@@ -48,22 +49,28 @@ async def create_job(
 async def _submit(
     body: JobCreate, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
 ) -> JobOut:
-    entry = catalog.require(body.model)
+    request = body.request_body()
+    task = (body.metadata or {}).get("task")
+    entry, chain = serving_entry(catalog, body.model, request, task, state.settings)
     if body.webhook_url:
         await check_webhook_url(body.webhook_url, state.settings)
+    admitted = await admit_job(session, key, chain, request, state.settings)
     job = submit(
         session,
         Job(
             id=new_id("job_"),
             tenant=key.tenant,
-            model=entry.name,
+            model=body.model,  # a model, or a router resolved per attempt
             queue=queue_for(entry),
-            body=body.request_body(),
+            body=request,
             priority=body.priority,
             max_attempts=state.settings.max_attempts,
             job_metadata=body.metadata,
             webhook_url=body.webhook_url or key.webhook_url,
             created_at=utcnow(),
+            api_key_id=key.id,
+            budget_id=admitted.budget_id,
+            cache_opt_out=body.cache is False,
         ),
     )
     await session.commit()  # the one transaction: the row, already marked enqueued

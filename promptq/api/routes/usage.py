@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, Query
 
 from promptq.api.deps import CurrentKey, SessionDep
 from promptq.budgets import budget_for_key
+from promptq.errors import ApiError, NotFound
 from promptq.models import ApiKey, Budget, Job
 from promptq.usage import usage_of
 
@@ -26,7 +27,7 @@ async def get_usage(
     by model, with cached requests and what they saved. An admin key may ask for any key
     (`api_key_id`) or tenant (`tenant`, against the tenant's default budget)."""
     if (api_key_id or tenant) and not key.is_admin:
-        raise HTTPException(403, "Only an admin key may ask for another key or tenant.")
+        raise ApiError("forbidden", "Only an admin key may ask for another key or tenant.", 403)
     if tenant:
         budget = (
             await session.execute(
@@ -38,7 +39,7 @@ async def get_usage(
     if api_key_id:
         found = await session.get(ApiKey, api_key_id)
         if found is None:
-            raise HTTPException(404, f"No API key with id {api_key_id!r}.")
+            raise NotFound("API key", api_key_id)
         subject = found
     budget = await budget_for_key(session, subject)
     # A key's own budget covers its own jobs; a tenant default covers every key using it.

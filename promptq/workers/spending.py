@@ -1,0 +1,288 @@
+"""Cost control around a worker's attempt: which model serves a job (routing), whether the
+response cache already has its answer (single flight across workers), the budget
+reservation before a backend is called, and settling reservations once jobs end.
+
+A cache problem (Redis down) never fails a job: the request goes to the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from promptq.budgets import HeldJob, Reservation, max_cost, reserve, settle
+from promptq.cache import CachedAnswer, Hit, Lead, ResponseCache, cache_key
+from promptq.catalog import CacheMode, Catalog, ModelEntry
+from promptq.config import Settings
+from promptq.db import Database
+from promptq.errors import TerminalError, model_not_found_message
+from promptq.jobs import ClaimedJob, JobErrorCode, JobOutcome
+from promptq.router import NoRoute, plan_route
+from promptq.workers.completion import Completion
+
+__all__ = ["LeaseLost", "Paid", "Plan", "Spending", "Ticket"]
+
+log = structlog.get_logger(__name__)
+
+_WAIT_FIRST = 0.05
+_WAIT_MAX = 0.5
+_SETTLE_EVERY = 0.2
+_SWEEP_EVERY = 5.0
+
+
+class LeaseLost(Exception):
+    """The job's lease was lost while it waited for budget."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The models to try for a job, in order, and when to move on to the next."""
+
+    chain: list[ModelEntry]
+    escalate_on: tuple[str, ...] = ()
+
+    def escalates(self, step: int, reason: str) -> bool:
+        """Whether an answer of model `step` ending for `reason` moves on."""
+        return step + 1 < len(self.chain) and reason in self.escalate_on
+
+
+@dataclass
+class Paid:
+    """Answers paid for and then escalated past: their tokens and cost stay on the job."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Decimal = Decimal(0)
+    served: list[str] = field(default_factory=list)
+
+    def add(self, entry: ModelEntry, completion: Completion) -> None:
+        self.prompt_tokens += completion.prompt_tokens
+        self.completion_tokens += completion.completion_tokens
+        self.cost_usd += entry.cost(completion.prompt_tokens, completion.completion_tokens)
+        self.served.append(entry.name)
+
+
+@dataclass
+class Ticket:
+    """What the cache said about one request: its answer, or the lead on fetching it."""
+
+    answer: CachedAnswer | None = None
+    lead: Lead | None = None
+    kind: str = "exact"
+    semantic: tuple[str, str, Any] | None = None  # group, text, embedding
+
+
+class Spending:
+    """One per worker process, on the runtime's loop."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, db: Database) -> None:
+        self.settings = settings
+        self.catalog = catalog
+        self.db = db
+        self._redis = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        )
+        self.cache = ResponseCache(
+            self._redis, lock_seconds=max(30.0, 2 * settings.request_timeout_seconds)
+        )
+        self._semantic: Any = None
+        self._to_settle: set[str] = set()
+        self.counters = {"cache_hits": 0, "budget_waits": 0, "budget_exceeded": 0, "settled": 0}
+
+    # -- routing ------------------------------------------------------------------------
+    def plan(self, job: ClaimedJob) -> Plan:
+        """The models that may serve `job`; TerminalError if none can."""
+        entry = self.catalog.get(job.model)
+        if entry is not None:
+            return Plan([entry])
+        router = self.catalog.routers.get(job.model)
+        if router is None:
+            raise TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
+        try:
+            route = plan_route(
+                self.catalog, router, job.body, job.task, self.settings.default_completion_tokens
+            )
+        except NoRoute as exc:
+            raise TerminalError(JobErrorCode.NO_MODEL_FITS, exc.message) from None
+        return Plan(route.chain, router.escalate_on)
+
+    # -- the response cache -------------------------------------------------------------
+    async def lookup(self, job: ClaimedJob, entry: ModelEntry) -> Ticket:
+        """The cached answer for this request on `entry`, or the lead on fetching it (or
+        nothing to do with the cache)."""
+        if entry.cache is CacheMode.OFF or job.cache_opt_out:
+            return Ticket()
+        key = cache_key(job.tenant, entry.name, job.body)
+        try:
+            found = await self.cache.lookup(key, self.settings.request_timeout_seconds)
+            if isinstance(found, Hit):
+                return Ticket(found.answer)
+            if entry.cache is CacheMode.SEMANTIC:
+                return await self._semantic_lookup(job, entry, found)
+            return Ticket(lead=found)
+        except Exception as exc:  # Redis trouble: go without the cache
+            log.warning("cache.unavailable", job_id=job.id, error=repr(exc)[:200])
+            return Ticket()
+
+    async def _semantic_lookup(self, job: ClaimedJob, entry: ModelEntry, lead: Lead) -> Ticket:
+        from promptq.semantic_cache import Embedder, SemanticCache, group_key, prompt_text
+
+        if self._semantic is None:
+            self._semantic = SemanticCache(self._redis, Embedder())
+        group, text = group_key(job.tenant, entry.name, job.body), prompt_text(job.body)
+        match, vector = await self._semantic.find(group, text, entry.semantic_threshold)
+        if match is not None:
+            answer = await self.cache.get(match.exact_key)
+            if answer is not None:
+                await self.cache.store(lead, answer, entry.cache_ttl_seconds)
+                return Ticket(answer, kind="semantic")
+            await self._semantic.forget(group, match.exact_key)
+        return Ticket(lead=lead, semantic=(group, text, vector))
+
+    async def remember(
+        self,
+        ticket: Ticket,
+        job: ClaimedJob,
+        entry: ModelEntry,
+        completion: Completion,
+        response: dict[str, Any],
+    ) -> None:
+        """Keep a fresh answer for the requests that will ask the same."""
+        if ticket.lead is None:
+            return
+        answer = CachedAnswer(
+            content=completion.content,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=completion.prompt_tokens,
+            completion_tokens=completion.completion_tokens,
+            response=response,
+            source_job_id=job.id,
+        )
+        try:
+            await self.cache.store(ticket.lead, answer, entry.cache_ttl_seconds)
+            if ticket.semantic is not None and self._semantic is not None:
+                group, text, vector = ticket.semantic
+                await self._semantic.add(
+                    group, text, vector, ticket.lead.key, entry.cache_ttl_seconds
+                )
+        except Exception as exc:
+            log.warning("cache.store_failed", job_id=job.id, error=repr(exc)[:200])
+        ticket.lead = None
+
+    async def abandon(self, ticket: Ticket) -> None:
+        """No answer came: let another request with the same key fetch it."""
+        if ticket.lead is not None:
+            with contextlib.suppress(Exception):
+                await self.cache.abandon(ticket.lead)
+            ticket.lead = None
+
+    def cached_outcome(
+        self, ticket: Ticket, entry: ModelEntry, paid: Paid, ttft_ms: float | None = None
+    ) -> JobOutcome:
+        """A cache hit as the job's result: billed 0, what it saved recorded."""
+        answer = ticket.answer
+        assert answer is not None
+        response = mark(
+            answer.response, entry, paid, cached=True, kind=ticket.kind, source=answer.source_job_id
+        )
+        self.counters["cache_hits"] += 1
+        return JobOutcome(
+            content=answer.content,
+            finish_reason=answer.finish_reason,
+            prompt_tokens=paid.prompt_tokens + answer.prompt_tokens,
+            completion_tokens=paid.completion_tokens + answer.completion_tokens,
+            cost_usd=paid.cost_usd,
+            response=response,
+            ttft_ms=ttft_ms,
+            cached=True,
+            saved_usd=entry.cost(answer.prompt_tokens, answer.completion_tokens),
+        )
+
+    # -- budgets ------------------------------------------------------------------------
+    async def reserve(self, job: ClaimedJob, entry: ModelEntry) -> None:
+        """Hold the most `job` can cost on `entry` against its budget, waiting while only
+        other jobs' reservations stand in the way. TerminalError `budget_exceeded` when
+        the spend alone leaves too little; LeaseLost if the job was taken away."""
+        if job.budget_id is None:
+            return
+        amount = max_cost(entry, job.body, self.settings.default_completion_tokens)
+        if amount <= 0:  # a model priced at zero never consumes budget
+            return
+        held = HeldJob(job.id, job.attempt, job.owner)
+        delay = _WAIT_FIRST
+        while True:
+            async with self.db.session() as session:
+                outcome = await reserve(session, held, job.budget_id, amount)
+            if outcome is Reservation.RESERVED:
+                return
+            if outcome is Reservation.LOST:
+                raise LeaseLost(job.id)
+            if outcome is Reservation.EXHAUSTED:
+                self.counters["budget_exceeded"] += 1
+                raise TerminalError(
+                    JobErrorCode.BUDGET_EXCEEDED,
+                    f"The key's budget has less than the {amount:.6f} USD this request may "
+                    f"cost on {entry.name} left this period; raise it, then retry the batch.",
+                )
+            if delay == _WAIT_FIRST:
+                self.counters["budget_waits"] += 1
+            await asyncio.sleep(delay)  # others' reservations settle within ~0.2 s
+            delay = min(delay * 2, _WAIT_MAX)
+
+    def finished(self, job: ClaimedJob) -> None:
+        """The job ended here: settle its reservation soon."""
+        if job.budget_id is not None:
+            self._to_settle.add(job.id)
+
+    async def settler(self) -> None:
+        """Settle the reservations of jobs that ended here, and now and then of any job
+        that ended elsewhere (cancelled, expired, failed by the sweeper)."""
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + _SWEEP_EVERY
+        while True:
+            await asyncio.sleep(_SETTLE_EVERY)
+            ids, self._to_settle = self._to_settle, set()
+            sweep = loop.time() >= next_sweep
+            try:
+                async with self.db.session() as session:
+                    if ids:
+                        self.counters["settled"] += await settle(session, sorted(ids))
+                    if sweep:
+                        next_sweep = loop.time() + _SWEEP_EVERY
+                        self.counters["settled"] += await settle(session)
+            except Exception:
+                self._to_settle |= ids
+                log.exception("budget.settle_failed", jobs=len(ids))
+
+    async def close(self) -> None:
+        """Settle what ended here, then let go of Redis."""
+        ids, self._to_settle = self._to_settle, set()
+        if ids:
+            with contextlib.suppress(Exception):
+                async with self.db.session() as session:
+                    await settle(session, sorted(ids))
+        await self._redis.aclose()
+
+
+def mark(
+    response: dict[str, Any],
+    entry: ModelEntry,
+    paid: Paid,
+    *,
+    cached: bool,
+    kind: str | None = None,
+    source: str | None = None,
+) -> dict[str, Any]:
+    """The response body with promptq's extension object: which model served it, whether
+    it came from the cache, and the models escalated past."""
+    extension: dict[str, Any] = {"cached": cached, "served_by": entry.name}
+    if cached:
+        extension.update(cache=kind, cached_from_job=source)
+    if paid.served:
+        extension["escalated_from"] = list(paid.served)
+    return {**response, "promptq": extension}
