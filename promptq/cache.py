@@ -127,6 +127,13 @@ class ResponseCache:
             if local is None:
                 token = secrets.token_hex(8)
                 if await self._redis.set(CACHE_LOCK_PREFIX + key, token, nx=True, px=self._lock_ms):
+                    # A leader stores the answer before it unlocks: if it finished between
+                    # our GET and our SET, the answer is there now.
+                    answer = await self.get(key)
+                    if answer is not None:
+                        await self._unlock(keys=[CACHE_LOCK_PREFIX + key], args=[token])
+                        self.counters["hits"] += 1
+                        return Hit(answer)
                     self._local[key] = asyncio.Event()
                     self.counters["misses"] += 1
                     return Lead(key, token)

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from sqlalchemy import exc as sa_exc
 
 from promptq.budgets import HeldJob, Reservation, max_cost, reserve, settle
 from promptq.cache import CachedAnswer, Hit, Lead, ResponseCache, cache_key
@@ -92,6 +93,8 @@ class Spending:
         )
         self._semantic: Any = None
         self._to_settle: set[str] = set()
+        self._gates: dict[str, asyncio.Lock] = {}
+        self._settled = asyncio.Event()
         self.counters = {"cache_hits": 0, "budget_waits": 0, "budget_exceeded": 0, "settled": 0}
 
     # -- routing ------------------------------------------------------------------------
@@ -216,8 +219,7 @@ class Spending:
         held = HeldJob(job.id, job.attempt, job.owner)
         delay = _WAIT_FIRST
         while True:
-            async with self.db.session() as session:
-                outcome = await reserve(session, held, job.budget_id, amount)
+            outcome = await self._try_reserve(held, job.budget_id, amount)
             if outcome is Reservation.RESERVED:
                 return
             if outcome is Reservation.LOST:
@@ -231,8 +233,23 @@ class Spending:
                 )
             if delay == _WAIT_FIRST:
                 self.counters["budget_waits"] += 1
-            await asyncio.sleep(delay)  # others' reservations settle within ~0.2 s
+            # Others' reservations settle within ~0.2 s: wake at the next settlement here,
+            # or after `delay` (settlements elsewhere).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), delay)
             delay = min(delay * 2, _WAIT_MAX)
+
+    async def _try_reserve(self, held: HeldJob, budget_id: str, amount: Decimal) -> Reservation:
+        # One attempt at a time per budget in this process: hundreds of waiting jobs must
+        # not hold hundreds of database connections. A database error is a reason to wait.
+        gate = self._gates.setdefault(budget_id, asyncio.Lock())
+        async with gate:
+            try:
+                async with self.db.session() as session:
+                    return await reserve(session, held, budget_id, amount)
+            except sa_exc.DBAPIError as exc:
+                log.warning("budget.reserve_failed", job_id=held.id, error=str(exc)[:200])
+                return Reservation.WAIT
 
     def finished(self, job: ClaimedJob) -> None:
         """The job ended here: settle its reservation soon."""
@@ -248,16 +265,21 @@ class Spending:
             await asyncio.sleep(_SETTLE_EVERY)
             ids, self._to_settle = self._to_settle, set()
             sweep = loop.time() >= next_sweep
+            settled = 0
             try:
                 async with self.db.session() as session:
                     if ids:
-                        self.counters["settled"] += await settle(session, sorted(ids))
+                        settled += await settle(session, sorted(ids))
                     if sweep:
                         next_sweep = loop.time() + _SWEEP_EVERY
-                        self.counters["settled"] += await settle(session)
+                        settled += await settle(session)
             except Exception:
                 self._to_settle |= ids
                 log.exception("budget.settle_failed", jobs=len(ids))
+            if settled:
+                self.counters["settled"] += settled
+                self._settled.set()  # wake the jobs waiting for budget
+                self._settled = asyncio.Event()
 
     async def close(self) -> None:
         """Settle what ended here, then let go of Redis."""
