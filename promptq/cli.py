@@ -192,6 +192,10 @@ def submit(
         bool, typer.Option(help="Show progress until it finishes; exit 1 if any line failed.")
     ] = False,
     as_json: JsonOpt = False,
+    max_cost_usd: Annotated[
+        float | None,
+        typer.Option(min=0, help="Refuse the file if its estimated cost is higher (USD)."),
+    ] = None,
 ) -> None:
     """Submit a JSONL batch file; with --wait, show progress and a summary at the end."""
     from promptq.client import Client
@@ -200,7 +204,9 @@ def submit(
 
     if not file.is_file():
         raise FileNotFoundError(2, "No such file", str(file))
-    batch = submit_file(api_url, api_key, file, model=model, priority=priority)
+    batch = submit_file(
+        api_url, api_key, file, model=model, priority=priority, max_cost_usd=max_cost_usd
+    )
     if not wait:
         typer.echo(json.dumps(batch, indent=2) if as_json else _created(batch))
         return

@@ -56,7 +56,11 @@ class Client:
             return self._json(self._http.post("/v1/files", files=files, data={"purpose": "batch"}))
 
     def create_batch(
-        self, file_id: str, priority: int | None = None, metadata: dict[str, str] | None = None
+        self,
+        file_id: str,
+        priority: int | None = None,
+        metadata: dict[str, str] | None = None,
+        max_cost_usd: float | None = None,
     ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "input_file_id": file_id,
@@ -66,6 +70,8 @@ class Client:
         }
         if priority is not None:
             body["priority"] = priority
+        if max_cost_usd is not None:  # the server refuses a file estimated higher (402)
+            body["max_cost_usd"] = max_cost_usd
         return self._json(self._http.post("/v1/batches", json=body))
 
     def get(self, object_id: str) -> dict[str, Any]:

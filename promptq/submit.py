@@ -37,13 +37,14 @@ def submit_file(
     model: str | None = None,
     priority: int | None = None,
     wait: bool = False,
+    max_cost_usd: float | None = None,
 ) -> dict[str, Any]:
     """Upload `path`, start a batch, and (with `wait`) follow it to the end."""
     client = Client(api_url, api_key)
     upload = _with_model(path, model) if model else path
     try:
         file = client.upload(upload)
-        batch = client.create_batch(file["id"], priority=priority)
+        batch = client.create_batch(file["id"], priority=priority, max_cost_usd=max_cost_usd)
         if wait:
             batch = follow(client, batch)
         return batch

@@ -99,16 +99,15 @@ class Deployment:
         stats = httpx.get(f"{self.sim}/_sim/stats").json()
         return int(stats["by_endpoint"].get("/v1/chat/completions", 0))
 
-    def cli(self, *args: str) -> str:
-        done = subprocess.run(
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
             [sys.executable, "-m", "promptq", *args],
             env={**os.environ, **self.env},
             capture_output=True,
             text=True,
             timeout=60,
-            check=True,
+            check=check,
         )
-        return done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +311,7 @@ def test_estimate_and_max_cost(deployment: Deployment, tmp_path: Path) -> None:
     key = make_key(deployment.pg_url, "estimator", tenant="estimate-tenant")
     lines = [chat_line(f"e-{i}", f"estimate me {i}", "metered", max_tokens=10) for i in range(30)]
     path = write_jsonl(tmp_path / "estimate.jsonl", lines)
-    printed = deployment.cli("estimate", str(path))
+    printed = deployment.cli("estimate", str(path)).stdout
     assert "metered" in printed and "30" in printed
     with deployment.client(key) as client:
         batch = upload_and_run(client, path)
@@ -333,3 +332,15 @@ def test_estimate_and_max_cost(deployment: Deployment, tmp_path: Path) -> None:
             },
         )
         assert capped.status_code == 402 and capped.json()["error"]["code"] == "estimate_too_high"
+    refused = deployment.cli(
+        "submit",
+        str(path),
+        "--api-url",
+        deployment.api,
+        "--api-key",
+        key,
+        "--max-cost-usd",
+        str(estimate / 2),
+        check=False,
+    )
+    assert refused.returncode != 0 and "estimate_too_high" in refused.stderr
