@@ -37,6 +37,7 @@ from promptq.models import Reservation as ReservationRow
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 
 __all__ = [
+    "Ask",
     "BudgetExceeded",
     "HeldJob",
     "Reservation",
@@ -46,6 +47,7 @@ __all__ = [
     "max_cost",
     "period_start",
     "reserve",
+    "reserve_many",
     "set_budget",
     "settle",
     "spent_now",
@@ -229,75 +231,117 @@ class HeldJob:
     owner: str
 
 
+@dataclass(frozen=True)
+class Ask:
+    """One job asking to hold `amount` more against its budget."""
+
+    job: HeldJob
+    amount: Decimal
+
+
 async def reserve(
     session: AsyncSession, job: HeldJob, budget_id: str, amount: Decimal
 ) -> Reservation:
-    """Hold `amount` more for the running job `job` against its budget, atomically (one
-    guarded UPDATE of the budget row), in one transaction with the job's reservation row."""
+    """Hold `amount` more for the running job `job` against its budget (see `reserve_many`)."""
+    return (await reserve_many(session, budget_id, [Ask(job, amount)]))[0]
+
+
+async def reserve_many(
+    session: AsyncSession, budget_id: str, asks: Sequence[Ask]
+) -> list[Reservation]:
+    """Hold money for running jobs against one budget, atomically, in the order asked: the
+    budget row is locked, the asks that fit are granted, and one guarded UPDATE (`spent +
+    reserved + total <= budget`) adds them, with the jobs' reservation rows, in one
+    transaction. One transaction serves many jobs: a worker sends all that are waiting."""
     now = utcnow()
-    b, j, r = _BUDGETS.c, _JOBS.c, _RESERVATIONS.c
-    held = await session.scalar(
-        sa.select(sa.func.count()).where(
-            j.id == job.id,
-            j.status == JobStatus.RUNNING,
-            j.attempts == job.attempt,
-            j.lease_owner == job.owner,
+    b = _BUDGETS.c
+    held = await _held_jobs(session, [a.job for a in asks])
+    row = (
+        await session.execute(
+            sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd, b.reserved_usd)
+            .where(b.id == budget_id)
+            .with_for_update()
         )
-    )
-    if not held:
+    ).first()
+    if row is None:  # the budget was deleted: nothing to hold against
         await session.rollback()
-        return Reservation.LOST
-    spent = _spent_in_period(now)
+        return [Reservation.RESERVED if a.job in held else Reservation.LOST for a in asks]
+    period = BudgetPeriod(row.period)
+    over = period is not BudgetPeriod.TOTAL and row.period_start < period_start(period, now)
+    spent = _ZERO if over else Decimal(row.spent_usd)
+    limit: Decimal | None = None if row.budget_usd is None else Decimal(row.budget_usd)
+    free = None if limit is None else limit - spent - Decimal(row.reserved_usd)
+    outcomes: list[Reservation] = []
+    granted: list[Ask] = []
+    for ask in asks:
+        if ask.job not in held:
+            outcomes.append(Reservation.LOST)
+        elif free is None or ask.amount <= free:
+            outcomes.append(Reservation.RESERVED)
+            granted.append(ask)
+            free = None if free is None else free - ask.amount
+        elif limit is not None and spent + ask.amount > limit:
+            outcomes.append(Reservation.EXHAUSTED)
+        else:
+            outcomes.append(Reservation.WAIT)
+    if not granted:
+        await session.rollback()
+        return outcomes
+    total = sum((a.amount for a in granted), _ZERO)
     got = await session.execute(
         sa.update(_BUDGETS)
         .where(
             b.id == budget_id,
-            sa.or_(b.budget_usd.is_(None), spent + b.reserved_usd + amount <= b.budget_usd),
+            sa.or_(
+                b.budget_usd.is_(None),
+                _spent_in_period(now) + b.reserved_usd + total <= b.budget_usd,
+            ),
         )
         .values(
-            spent_usd=spent,
+            spent_usd=_spent_in_period(now),
             period_start=_current_start(now),
-            reserved_usd=b.reserved_usd + amount,
+            reserved_usd=b.reserved_usd + total,
             updated_at=now,
         )
     )
-    if got.rowcount == 1:  # type: ignore[attr-defined]
-        # The budget row is locked now: no other transaction adds to this job's row.
-        topped = await session.execute(
-            sa.update(_RESERVATIONS)
-            .where(r.job_id == job.id)
-            .values(amount_usd=r.amount_usd + amount)
+    if got.rowcount != 1:  # type: ignore[attr-defined]  # cannot happen under the row lock
+        await session.rollback()
+        return [Reservation.WAIT if o is Reservation.RESERVED else o for o in outcomes]
+    await _hold(session, budget_id, granted, now)
+    await session.commit()
+    return outcomes
+
+
+async def _held_jobs(session: AsyncSession, jobs: Sequence[HeldJob]) -> set[HeldJob]:
+    # Which of `jobs` are still running under the lease they were claimed with.
+    j = _JOBS.c
+    rows = await session.execute(
+        sa.select(j.id, j.attempts, j.lease_owner).where(
+            j.id.in_([job.id for job in jobs]), j.status == JobStatus.RUNNING
         )
-        if topped.rowcount != 1:  # type: ignore[attr-defined]
+    )
+    return {HeldJob(r.id, r.attempts, r.lease_owner) for r in rows}
+
+
+async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
+    # The jobs' reservation rows: a job asking again (escalation) tops its row up.
+    r = _RESERVATIONS.c
+    ids = [a.job.id for a in granted]
+    existing = set((await session.execute(sa.select(r.job_id).where(r.job_id.in_(ids)))).scalars())
+    fresh = [
+        {"job_id": a.job.id, "budget_id": budget_id, "amount_usd": a.amount, "created_at": now}
+        for a in granted
+        if a.job.id not in existing
+    ]
+    if fresh:
+        await session.execute(sa.insert(_RESERVATIONS), fresh)
+    for ask in granted:
+        if ask.job.id in existing:
             await session.execute(
-                sa.insert(_RESERVATIONS).values(
-                    job_id=job.id, budget_id=budget_id, amount_usd=amount, created_at=now
-                )
+                sa.update(_RESERVATIONS)
+                .where(r.job_id == ask.job.id)
+                .values(amount_usd=r.amount_usd + ask.amount)
             )
-        await session.commit()
-        return Reservation.RESERVED
-    await session.rollback()
-    return await _refused(session, budget_id, amount, now)
-
-
-async def _refused(
-    session: AsyncSession, budget_id: str, amount: Decimal, now: datetime
-) -> Reservation:
-    # Why the guarded UPDATE matched nothing: spend alone, or others' reservations.
-    b = _BUDGETS.c
-    row = (
-        await session.execute(
-            sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd).where(b.id == budget_id)
-        )
-    ).first()
-    await session.rollback()
-    if row is None or row.budget_usd is None:  # deleted or lifted meanwhile
-        return Reservation.WAIT
-    period = BudgetPeriod(row.period)
-    over = period is not BudgetPeriod.TOTAL and row.period_start < period_start(period, now)
-    if (_ZERO if over else Decimal(row.spent_usd)) + amount > row.budget_usd:
-        return Reservation.EXHAUSTED
-    return Reservation.WAIT
 
 
 async def settle(

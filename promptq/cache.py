@@ -40,10 +40,22 @@ IGNORED_FIELDS = frozenset(
 )
 _POLL_FIRST = 0.01
 _POLL_MAX = 0.2
-# Deletes the lock only if this leader still holds it (it may have expired and been taken).
-_UNLOCK = """
-if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
-return 0
+# One round trip per look-up: the answer if there is one, else the lock if it is free
+# (GET and SET NX together, so no leader can store and unlock between them).
+# KEYS: entry, lock; ARGV: token, lock ms. Returns {1, answer} | {2, ''} (lead) | {0, ''}.
+_LOOKUP = """
+local answer = redis.call('get', KEYS[1])
+if answer then return {1, answer} end
+if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then return {2, ''} end
+return {0, ''}
+"""
+# Store the answer (ARGV[2] given: with a TTL of ARGV[2] s) and drop the lock if this leader
+# still holds it (it may have expired and been taken). KEYS: entry, lock; ARGV: token, ttl,
+# answer.
+_STORE_AND_UNLOCK = """
+if ARGV[2] ~= '' then redis.call('set', KEYS[1], ARGV[3], 'EX', ARGV[2]) end
+if redis.call('get', KEYS[2]) == ARGV[1] then redis.call('del', KEYS[2]) end
+return 1
 """
 
 
@@ -103,7 +115,8 @@ class ResponseCache:
         self._redis = redis
         self._lock_ms = max(1, int(lock_seconds * 1000))
         self._local: dict[str, asyncio.Event] = {}  # keys this process is leading
-        self._unlock = redis.register_script(_UNLOCK)
+        self._lookup = redis.register_script(_LOOKUP)
+        self._store = redis.register_script(_STORE_AND_UNLOCK)
         self.counters = {"hits": 0, "misses": 0, "waits": 0}
 
     async def get(self, key: str) -> CachedAnswer | None:
@@ -119,24 +132,23 @@ class ResponseCache:
         delay = _POLL_FIRST
         waited = False
         while True:
-            answer = await self.get(key)
-            if answer is not None:
-                self.counters["hits"] += 1
-                return Hit(answer)
             local = self._local.get(key)
             if local is None:
                 token = secrets.token_hex(8)
-                if await self._redis.set(CACHE_LOCK_PREFIX + key, token, nx=True, px=self._lock_ms):
-                    # A leader stores the answer before it unlocks: if it finished between
-                    # our GET and our SET, the answer is there now.
-                    answer = await self.get(key)
-                    if answer is not None:
-                        await self._unlock(keys=[CACHE_LOCK_PREFIX + key], args=[token])
-                        self.counters["hits"] += 1
-                        return Hit(answer)
+                keys = [CACHE_PREFIX + key, CACHE_LOCK_PREFIX + key]
+                found, raw = await self._lookup(keys=keys, args=[token, self._lock_ms])
+                if int(found) == 1:
+                    self.counters["hits"] += 1
+                    return Hit(CachedAnswer.loads(raw))
+                if int(found) == 2:
                     self._local[key] = asyncio.Event()
                     self.counters["misses"] += 1
                     return Lead(key, token)
+            else:
+                answer = await self.get(key)
+                if answer is not None:
+                    self.counters["hits"] += 1
+                    return Hit(answer)
             if loop.time() >= deadline:  # the leader is too slow: call the backend too
                 self.counters["misses"] += 1
                 return Lead(key, "")
@@ -152,17 +164,18 @@ class ResponseCache:
 
     async def store(self, lead: Lead, answer: CachedAnswer, ttl_seconds: int) -> None:
         """Keep the leader's answer for `ttl_seconds` and let the waiters have it."""
-        try:
-            await self._redis.set(CACHE_PREFIX + lead.key, answer.dumps(), ex=ttl_seconds)
-        finally:
-            await self.abandon(lead)
+        await self._finish(lead, answer.dumps(), ttl_seconds)
 
     async def abandon(self, lead: Lead) -> None:
         """The leader got no answer: release the lock so a waiter can lead."""
+        await self._finish(lead, b"", None)
+
+    async def _finish(self, lead: Lead, value: bytes, ttl_seconds: int | None) -> None:
         event = self._local.pop(lead.key, None) if lead.token else None
         try:
-            if lead.token:
-                await self._unlock(keys=[CACHE_LOCK_PREFIX + lead.key], args=[lead.token])
+            keys = [CACHE_PREFIX + lead.key, CACHE_LOCK_PREFIX + lead.key]
+            ttl = "" if ttl_seconds is None else str(ttl_seconds)
+            await self._store(keys=keys, args=[lead.token, ttl, value])
         finally:
             if event is not None:
                 event.set()

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 import structlog
 from sqlalchemy import exc as sa_exc
 
-from promptq.budgets import HeldJob, Reservation, max_cost, reserve, settle
+from promptq.budgets import Ask, HeldJob, Reservation, max_cost, reserve_many, settle
 from promptq.cache import CachedAnswer, Hit, Lead, ResponseCache, cache_key
 from promptq.catalog import CacheMode, Catalog, ModelEntry
 from promptq.config import Settings
@@ -85,15 +85,25 @@ class Spending:
         self.settings = settings
         self.catalog = catalog
         self.db = db
-        self._redis = aioredis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=5
+        # Callers wait for a pooled connection rather than fail when hundreds of jobs
+        # look up the cache at once.
+        self._redis = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                settings.redis_url,
+                max_connections=64,
+                timeout=10,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+            )
         )
         self.cache = ResponseCache(
             self._redis, lock_seconds=max(30.0, 2 * settings.request_timeout_seconds)
         )
         self._semantic: Any = None
         self._to_settle: set[str] = set()
-        self._gates: dict[str, asyncio.Lock] = {}
+        self._asks: dict[str, list[tuple[Ask, asyncio.Future[Reservation]]]] = {}
+        self._draining: set[str] = set()
+        self._drainers: set[asyncio.Task[None]] = set()
         self._settled = asyncio.Event()
         self.counters = {"cache_hits": 0, "budget_waits": 0, "budget_exceeded": 0, "settled": 0}
 
@@ -240,16 +250,37 @@ class Spending:
             delay = min(delay * 2, _WAIT_MAX)
 
     async def _try_reserve(self, held: HeldJob, budget_id: str, amount: Decimal) -> Reservation:
-        # One attempt at a time per budget in this process: hundreds of waiting jobs must
-        # not hold hundreds of database connections. A database error is a reason to wait.
-        gate = self._gates.setdefault(budget_id, asyncio.Lock())
-        async with gate:
-            try:
-                async with self.db.session() as session:
-                    return await reserve(session, held, budget_id, amount)
-            except sa_exc.DBAPIError as exc:
-                log.warning("budget.reserve_failed", job_id=held.id, error=str(exc)[:200])
-                return Reservation.WAIT
+        # Asks for one budget are sent together: one transaction (and one connection) for
+        # all the jobs of this process that are waiting for it.
+        future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
+        self._asks.setdefault(budget_id, []).append((Ask(held, amount), future))
+        if budget_id not in self._draining:
+            self._draining.add(budget_id)
+            task = asyncio.get_running_loop().create_task(self._drain(budget_id))
+            self._drainers.add(task)
+            task.add_done_callback(self._drainers.discard)
+        return await future
+
+    async def _drain(self, budget_id: str) -> None:
+        try:
+            while self._asks.get(budget_id):
+                waiting = self._asks.pop(budget_id)[:]
+                try:
+                    async with self.db.session() as session:
+                        outcomes = await reserve_many(session, budget_id, [a for a, _ in waiting])
+                except sa_exc.DBAPIError as exc:  # a reason to wait, not to fail the jobs
+                    log.warning("budget.reserve_failed", jobs=len(waiting), error=str(exc)[:200])
+                    outcomes = [Reservation.WAIT] * len(waiting)
+                except Exception as exc:
+                    for _, future in waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    raise
+                for (_, future), outcome in zip(waiting, outcomes, strict=True):
+                    if not future.done():
+                        future.set_result(outcome)
+        finally:
+            self._draining.discard(budget_id)
 
     def finished(self, job: ClaimedJob) -> None:
         """The job ended here: settle its reservation soon."""
@@ -289,6 +320,7 @@ class Spending:
                 async with self.db.session() as session:
                     await settle(session, sorted(ids))
         await self._redis.aclose()
+        await self._redis.connection_pool.disconnect()
 
 
 def mark(

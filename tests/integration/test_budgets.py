@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptq.budgets import (
+    Ask,
     BudgetExceeded,
     HeldJob,
     Reservation,
@@ -19,6 +20,7 @@ from promptq.budgets import (
     lift_budget,
     period_start,
     reserve,
+    reserve_many,
     set_budget,
     settle,
 )
@@ -268,3 +270,20 @@ async def test_a_top_up_adds_to_the_jobs_reservation(db: Database) -> None:
         assert await settle(session, [job.id]) == 1
     budget = await _budget(db, budget_id)
     assert (budget.spent_usd, budget.reserved_usd) == (Decimal("0.45"), Decimal(0))
+
+
+async def test_many_asks_in_one_transaction_are_granted_in_order(db: Database) -> None:
+    # Given a 1 USD budget and 20 running jobs asking 0.07 USD each, in one transaction
+    budget_id = await _new_budget(db, "1")
+    jobs = await _running_jobs(db, 20, budget_id)
+    asks = [Ask(job, Decimal("0.07")) for job in jobs]
+    asks.insert(5, Ask(HeldJob("job_gone", 1, OWNER), Decimal("0.01")))  # no such job
+
+    async with db.session() as session:
+        outcomes = await reserve_many(session, budget_id, asks)
+
+    # Then the first 14 got money, the job that does not run got nothing, the rest wait
+    assert outcomes[5] is Reservation.LOST
+    rest = outcomes[:5] + outcomes[6:]
+    assert rest == [Reservation.RESERVED] * 14 + [Reservation.WAIT] * 6
+    assert (await _budget(db, budget_id)).reserved_usd == Decimal("0.98")
