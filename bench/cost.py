@@ -241,7 +241,8 @@ def part_budget(svc: Services, lines: int, concurrency: int) -> dict[str, Any]:
     with engine.connect() as conn:
         spent, reserved = conn.execute(
             sa.text(
-                "SELECT spent_usd, reserved_usd FROM budgets b JOIN api_keys k ON k.id = b.api_key_id WHERE k.name = 'bench-capped'"
+                "SELECT spent_usd, reserved_usd FROM budgets b"
+                " JOIN api_keys k ON k.id = b.api_key_id WHERE k.name = 'bench-capped'"
             )
         ).one()
         jobs_sum = conn.execute(
@@ -274,9 +275,8 @@ def print_summary(results: dict[str, Any]) -> None:
             f"{r['seconds']:.2f} s  {r['prompts_per_s']:.0f} prompts/s"
         )
     for name, pps in o["best_prompts_per_s"].items():
-        print(
-            f"overhead {name:<35} {pps:>8.0f} prompts/s  ({o['overhead_vs_plain'][name]:+.1%} vs plain)"
-        )
+        share = o["overhead_vs_plain"][name]
+        print(f"overhead {name:<35} {pps:>8.0f} prompts/s  ({share:+.1%} vs plain)")
     print(
         f"budget {b['budget_usd']} USD, 2 workers: spent {b['spent_usd']} "
         f"({b['spent_share_of_budget']:.2%}), jobs' sum {b['jobs_cost_sum_usd']}, "

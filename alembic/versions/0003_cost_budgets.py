@@ -66,9 +66,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("job_id", name=op.f("pk_reservations")),
     )
     with op.batch_alter_table("reservations", schema=None) as batch_op:
-        batch_op.create_index(
-            batch_op.f("ix_reservations_budget_id"), ["budget_id"], unique=False
-        )
+        batch_op.create_index(batch_op.f("ix_reservations_budget_id"), ["budget_id"], unique=False)
 
     with op.batch_alter_table("jobs", schema=None) as batch_op:
         batch_op.add_column(sa.Column("api_key_id", sa.String(length=40), nullable=True))
