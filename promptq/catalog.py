@@ -74,12 +74,27 @@ class ModelEntry(BaseModel):
     # Skip CUDA-graph/compile capture: the engine loads in ~35 s instead of ~2 min on CPU,
     # at some cost in throughput.
     enforce_eager: bool = False
-    # Cost control: the response cache, and the tags a router matches a request's
-    # metadata.task against.
-    cache: CacheMode = CacheMode.OFF
-    cache_ttl_seconds: int = Field(default=86400, gt=0)
-    semantic_threshold: float = Field(default=0.95, gt=0, le=1)
-    capabilities: tuple[str, ...] = ()
+    cache: CacheMode = Field(
+        default=CacheMode.OFF,
+        description="The response cache (docs/cost-control.md): `exact` answers a request "
+        "identical to an earlier one of the same tenant from the cache; `semantic` also one "
+        "whose prompt means the same.",
+    )
+    cache_ttl_seconds: int = Field(
+        default=86400, gt=0, description="How long a cached answer is kept, in seconds."
+    )
+    semantic_threshold: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description='`cache = "semantic"`: the cosine similarity a prompt needs to an '
+        "earlier one to be answered with its answer.",
+    )
+    capabilities: tuple[str, ...] = Field(
+        default=(),
+        description="Tags a `[[routers]]` entry matches a request's `metadata.task` "
+        'against, e.g. `["summarize", "code"]`.',
+    )
 
     @model_validator(mode="after")
     def _backend_fields(self) -> ModelEntry:
