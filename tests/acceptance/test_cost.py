@@ -262,6 +262,16 @@ def test_duplicates_make_one_upstream_call_each_and_a_rerun_makes_none(
         assert row["saved_usd"] > 0
         assert usage["spend_usd"] == pytest.approx(first["cost_usd"])
 
+        # And an admin key sees the same for that key or its tenant; others may not ask
+        key_id = deployment.rows("SELECT id FROM api_keys WHERE name = 'cache-user'")[0][0]
+        refused = client.get("/v1/usage", params={"tenant": "other-tenant"})
+        assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+        admin = make_key(deployment.pg_url, "cost-admin", tenant="ops", admin=True)
+        with deployment.client(admin) as ops:
+            assert ops.get("/v1/usage", params={"api_key_id": key_id}).json() == usage
+            by_tenant = ops.get("/v1/usage", params={"tenant": "cache-tenant"}).json()
+            assert by_tenant["by_model"] == usage["by_model"]
+
         # And a job that opts out goes upstream even though the answer is cached
         opted = _job(client, model="cached", cache=False, **_ask("distinct prompt 3"))
         assert opted["cached"] is False
