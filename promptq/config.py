@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     request_timeout_seconds: float = Field(default=120.0, gt=0)
     retry_base_seconds: float = Field(default=1.0, ge=0)
     retry_max_seconds: float = Field(default=60.0, ge=0)
+    # Completion tokens reserved against a TPM limit or budget for a request that sets no
+    # max_tokens/max_completion_tokens (settled with the real usage afterwards).
+    default_completion_tokens: int = Field(default=1024, gt=0)
     # Workers: a finished job waits up to this long for others to be stored with it in one
     # transaction, and a group holds at most this many jobs.
     result_flush_seconds: float = Field(default=0.005, ge=0, le=1)
