@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 __all__ = [
+    "BREAKER_PREFIX",
     "BROKER_EPOCH_KEY",
     "BROKER_PRIORITY_SEP",
     "BROKER_UNACKED_KEY",
     "GPU_QUEUE_PREFIX",
     "PRIORITY_STEPS",
+    "RATE_LIMIT_PREFIX",
+    "RATE_SLOTS_PREFIX",
     "REMOTE_QUEUE",
     "TASK_RUN_CHUNK",
     "TENANT_SLOTS_PREFIX",
@@ -35,6 +38,12 @@ WORKER_BEAT_PREFIX = "promptq:worker:"
 BROKER_PRIORITY_SEP = "\x06\x16"
 #: Kombu's hash of messages fetched by a worker and not yet acked.
 BROKER_UNACKED_KEY = "unacked"
+#: Per-deployment rate-limit state (a hash: buckets, pause, discovered limits).
+RATE_LIMIT_PREFIX = "promptq:rl:"
+#: Per-deployment requests in flight (a sorted set of slot ids scored by their expiry).
+RATE_SLOTS_PREFIX = "promptq:rl-slots:"
+#: Per-deployment circuit breaker state (a hash).
+BREAKER_PREFIX = "promptq:cb:"
 
 
 def gpu_queue(model: str) -> str:

@@ -1,0 +1,164 @@
+"""A process's waiting room in front of the shared rate limiter.
+
+Each deployment has one lane per process: waiters queue in (band, priority, arrival)
+order and one poller asks Redis for the head's admission, sleeping for the wait Redis
+reports. So Redis sees one request per grant or per wait, not one per waiting job, and
+an interactive job that arrives jumps every bulk job waiting in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import heapq
+import itertools
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter
+
+__all__ = ["AdmissionGate", "Permit", "WaitExpired"]
+
+log = structlog.get_logger(__name__)
+OnWait = Callable[[str], Awaitable[None]]
+
+
+class WaitExpired(Exception):
+    """The caller's deadline passed while it waited for capacity."""
+
+
+@dataclass(frozen=True)
+class Permit:
+    """One admitted call: its slot and the tokens reserved for it."""
+
+    limits: DeploymentLimits
+    slot_id: str
+    reserved: int
+
+
+@dataclass(order=True)
+class _Waiter:
+    order: tuple[int, int, int]
+    tokens: int = field(compare=False)
+    interactive: bool = field(compare=False)
+    slot_id: str = field(compare=False)
+    future: asyncio.Future[None] = field(compare=False)
+
+
+@dataclass
+class _Lane:
+    limits: DeploymentLimits
+    heap: list[_Waiter] = field(default_factory=list)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    reason: str = ""
+
+
+class AdmissionGate:
+    """Admits calls per deployment in priority order; create it on the loop that uses it."""
+
+    def __init__(self, limiter: RateLimiter, *, poll_max: float = 1.0) -> None:
+        self.limiter = limiter
+        self.poll_max = poll_max
+        self._lanes: dict[str, _Lane] = {}
+        self._seq = itertools.count()
+
+    def waiting(self, key: str) -> int:
+        """How many calls of this process wait for deployment `key`."""
+        lane = self._lanes.get(key)
+        return len(lane.heap) if lane else 0
+
+    async def acquire(
+        self,
+        limits: DeploymentLimits,
+        tokens: int,
+        *,
+        band: int,
+        priority: int,
+        slot_id: str,
+        interactive: bool,
+        on_wait: OnWait | None = None,
+        report_after: float = 1.0,
+        max_wait: float | None = None,
+    ) -> Permit:
+        """Wait until the call may be sent. `on_wait(reason)` runs once if that takes
+        longer than `report_after`; WaitExpired after `max_wait` seconds (None: never)."""
+        lane = self._lanes.get(limits.key)
+        if lane is None:
+            lane = self._lanes[limits.key] = _Lane(limits)
+        lane.limits = limits
+        waiter = _Waiter(
+            (band, priority, next(self._seq)),
+            tokens,
+            interactive,
+            slot_id,
+            asyncio.get_running_loop().create_future(),
+        )
+        heapq.heappush(lane.heap, waiter)
+        if lane.task is None or lane.task.done():
+            lane.task = asyncio.create_task(self._pump(lane))
+        elif lane.heap[0] is waiter:
+            lane.wake.set()  # jumps the queue: ask for it now, not after the current wait
+        await self._wait(lane, waiter, on_wait, report_after, max_wait)
+        return Permit(limits, slot_id, tokens)
+
+    async def _wait(
+        self,
+        lane: _Lane,
+        waiter: _Waiter,
+        on_wait: OnWait | None,
+        report_after: float,
+        max_wait: float | None,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        end = None if max_wait is None else loop.time() + max_wait
+        try:
+            if on_wait is not None:
+                first = report_after if end is None else min(report_after, end - loop.time())
+                done, _ = await asyncio.wait({waiter.future}, timeout=max(0.0, first))
+                if done:
+                    return
+                await on_wait(lane.reason or "rate_limited")
+            left = None if end is None else max(0.0, end - loop.time())
+            await asyncio.wait_for(asyncio.shield(waiter.future), left)
+        except TimeoutError:
+            raise WaitExpired(f"no capacity on {lane.limits.key} in time") from None
+        finally:
+            if not waiter.future.done():
+                waiter.future.cancel()  # the poller drops it
+
+    async def settle(self, permit: Permit, used_tokens: int | None) -> None:
+        """Give back the slot and the tokens the call did not use (None: none used)."""
+        await self.limiter.settle(permit.limits, permit.slot_id, permit.reserved, used_tokens)
+        lane = self._lanes.get(permit.limits.key)
+        if lane is not None and lane.reason == "concurrency":
+            lane.wake.set()
+
+    async def _pump(self, lane: _Lane) -> None:
+        while lane.heap:
+            head = lane.heap[0]
+            if head.future.done():  # its caller gave up
+                heapq.heappop(lane.heap)
+                continue
+            try:
+                decision = await self.limiter.try_acquire(
+                    lane.limits, head.tokens, interactive=head.interactive, slot_id=head.slot_id
+                )
+            except Exception:  # Redis down: the jobs wait, they do not fail
+                log.warning("rate_limit.redis_error", deployment=lane.limits.key, exc_info=True)
+                await asyncio.sleep(self.poll_max)
+                continue
+            if decision.granted:
+                heapq.heappop(lane.heap)
+                if head.future.done():  # gave up while we asked: hand the capacity back
+                    await self.limiter.settle(lane.limits, head.slot_id, head.tokens, None)
+                else:
+                    head.future.set_result(None)
+                continue
+            lane.reason = decision.reason
+            lane.wake.clear()
+            delay = min(max(decision.wait, 0.002), self.poll_max)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(lane.wake.wait(), delay)
