@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -64,11 +65,17 @@ class AdmissionGate:
         self.poll_max = poll_max
         self._lanes: dict[str, _Lane] = {}
         self._seq = itertools.count()
+        self._expected: Counter[str] = Counter()
 
     def waiting(self, key: str) -> int:
-        """How many calls of this process wait for deployment `key`."""
+        """How many calls of this process wait for deployment `key` (or chose it and are
+        about to ask)."""
         lane = self._lanes.get(key)
-        return len(lane.heap) if lane else 0
+        return (len(lane.heap) if lane else 0) + self._expected[key]
+
+    def expect(self, key: str) -> None:
+        """A call chose deployment `key` and will ask for it next: count it as waiting."""
+        self._expected[key] += 1
 
     async def acquire(
         self,
@@ -85,6 +92,8 @@ class AdmissionGate:
     ) -> Permit:
         """Wait until the call may be sent. `on_wait(reason)` runs once if that takes
         longer than `report_after`; WaitExpired after `max_wait` seconds (None: never)."""
+        if self._expected[limits.key] > 0:
+            self._expected[limits.key] -= 1
         lane = self._lanes.get(limits.key)
         if lane is None:
             lane = self._lanes[limits.key] = _Lane(limits)
