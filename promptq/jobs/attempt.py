@@ -72,6 +72,8 @@ class JobOutcome:
     cost_usd: Decimal
     response: dict[str, Any]
     ttft_ms: float | None = None
+    #: The model that served the attempt, when a fallback did (usage is priced at it).
+    served_by: str | None = None
 
 
 #: A finished attempt: the job as claimed and what the attempt produced.

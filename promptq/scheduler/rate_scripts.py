@@ -116,7 +116,7 @@ OBSERVE = (
     + """
 local limited, pause = ARGV[1] == '1', tonumber(ARGV[2])
 local adaptive = ARGV[5] == '1'
-local f = redis.call('HMGET', KEYS[1], 'paused_until', 'd_conc')
+local f = redis.call('HMGET', KEYS[1], 'paused_until', 'd_conc', 'd_conc_cut')
 local paused = tonumber(f[1]) or 0
 if pause > 0 and now + pause > paused then
   paused = now + pause
@@ -129,9 +129,13 @@ if limited then
   -- Start again from empty buckets: the provider's view of them is empty too.
   redis.call('HSET', KEYS[1], 'req', '0', 'req_at', tostring(now), 'tok', '0',
     'tok_at', tostring(now))
-  if adaptive then conc = math.max(1, conc / 2) end
+  -- One cut per second: a burst of 429s is one congestion signal, not many.
+  if adaptive and now - (tonumber(f[3]) or 0) > 1 then
+    conc = math.max(2, conc / 2)
+    redis.call('HSET', KEYS[1], 'd_conc_cut', tostring(now))
+  end
 elseif adaptive then
-  conc = math.min(tonumber(ARGV[7]), conc + 1 / conc)
+  conc = math.min(tonumber(ARGV[7]), conc + 4 / conc)
 end
 if adaptive then redis.call('HSET', KEYS[1], 'd_conc', tostring(conc)) end
 redis.call('EXPIRE', KEYS[1], 86400)

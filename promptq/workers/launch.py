@@ -137,6 +137,7 @@ def remote_runtime(
         max_in_flight=concurrency,
         on_stop=close_session,
         on_death=on_death,
+        traffic=True,
     )
 
 

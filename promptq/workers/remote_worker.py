@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
 
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import Deployment, ModelEntry
 from promptq.errors import RateLimited, RetryableError, TerminalError
+from promptq.jobs import JobErrorCode
 from promptq.scheduler.rate_headers import RateSignal, read_rate_headers
 from promptq.scrub import scrub_credentials
 from promptq.workers.completion import Completion, JobRequest, chat_completion_body
@@ -103,7 +104,7 @@ def _raise_for_status(
     if status in (400, 413) and (
         _error_code(body) in _CONTEXT_CODES or any(p in lowered for p in _CONTEXT_PHRASES)
     ):
-        raise TerminalError("context_length_exceeded", message, status)
+        raise TerminalError(JobErrorCode.CONTEXT_LENGTH_EXCEEDED, message, status)
     raise TerminalError("provider_error", message, status)
 
 
@@ -135,6 +136,7 @@ async def _post(
     return data, signal
 
 
+@runtime_checkable
 class RemoteBackend(Protocol):
     """A provider adapter: one attempt on a chosen deployment of its model."""
 

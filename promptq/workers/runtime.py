@@ -28,13 +28,16 @@ from promptq.jobs import (
     release,
     retry,
 )
-from promptq.queues import BULK_BAND
+from promptq.queues import BULK_BAND, INTERACTIVE_BAND
 from promptq.retry import backoff_delay
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
+from promptq.workers.remote_worker import RemoteBackend
 from promptq.workers.result_writer import ResultWriter
 from promptq.workers.supervisor import Supervisor
 from promptq.workers.telemetry import JobTelemetry, answer_outcome
+from promptq.workers.traffic import TrafficControl, TrafficJob, traffic_redis
+from promptq.workers.waiting import WaitingNotes
 
 __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
@@ -79,6 +82,7 @@ class WorkerRuntime:
         max_in_flight: int,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         on_death: Callable[[str], None] | None = None,
+        traffic: bool = False,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -103,6 +107,10 @@ class WorkerRuntime:
         self._db: Database | None = None
         self._redis: aioredis.Redis | None = None
         self._results: ResultWriter | None = None
+        # Remote workers: shared rate limits, breakers and fallbacks around provider calls.
+        self._use_traffic = traffic
+        self.traffic: TrafficControl | None = None
+        self._waiting: WaitingNotes | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
         self.telemetry = JobTelemetry(settings, self.owner, events=settings.job_task_events)
 
@@ -172,6 +180,10 @@ class WorkerRuntime:
             self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
         self._results.start()
+        if self._use_traffic:
+            redis = traffic_redis(self.settings.redis_url)
+            self.traffic = TrafficControl(self.settings, self.catalog, redis, self._remote_backend)
+            self._waiting = WaitingNotes(self._db)
         for entry in preload:
             await self._backend(entry)
         self.supervisor.watch("result_writer", self._results.task)
@@ -190,6 +202,11 @@ class WorkerRuntime:
         if backend is None:
             backend = await self._make_backend(entry)
             self._backends[entry.name] = backend
+        return backend
+
+    async def _remote_backend(self, entry: ModelEntry) -> RemoteBackend:
+        backend = await self._backend(entry)
+        assert isinstance(backend, RemoteBackend), f"{entry.name} is not a remote model"
         return backend
 
     @property
@@ -265,6 +282,9 @@ class WorkerRuntime:
             error = TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
             await self._fail(job, error)
             return
+        if self.traffic is not None:
+            await self._attempt_with_traffic(job, entry, self.traffic)
+            return
         backend = await self._backend(entry)
         current: ClaimedJob | None = job
         while current is not None:
@@ -290,6 +310,37 @@ class WorkerRuntime:
             await self._succeed(current, entry, completion)
             return
 
+    async def _attempt_with_traffic(
+        self, job: ClaimedJob, entry: ModelEntry, traffic: TrafficControl
+    ) -> None:
+        """One attempt under traffic control: waiting for capacity, 429s and open circuits
+        cost no attempt; provider faults have their own budget inside `traffic.run`, so an
+        error here is final (attempts are left for worker crashes)."""
+
+        waiting = self._waiting
+        assert waiting is not None
+
+        async def on_wait(reason: str | None) -> None:
+            waiting.note(job, reason)
+
+        interactive = job.batch_id is None
+        request = TrafficJob(
+            id=job.id,
+            attempt=job.attempt,
+            body=job.body,
+            priority=job.priority,
+            interactive=interactive,
+            band=INTERACTIVE_BAND if interactive else BULK_BAND,
+        )
+        try:
+            served = await traffic.run(request, entry, on_wait)
+        except (TerminalError, RetryableError) as exc:
+            waiting.forget(job.id)
+            await self._fail(job, exc)
+            return
+        waiting.forget(job.id)
+        await self._succeed(job, served.entry, served.completion, served_by=served.entry.name)
+
     async def _retry_or_fail(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
         if job.attempt >= job.max_attempts:
             message = f"{exc.message} (gave up after {job.attempt} attempts)"
@@ -311,7 +362,13 @@ class WorkerRuntime:
             self.telemetry.started(nxt)
         return nxt
 
-    async def _succeed(self, job: ClaimedJob, entry: ModelEntry, completion: Completion) -> None:
+    async def _succeed(
+        self,
+        job: ClaimedJob,
+        entry: ModelEntry,
+        completion: Completion,
+        served_by: str | None = None,
+    ) -> None:
         response = completion.extra.get("response") or chat_completion_body(
             job.id, entry.name, completion
         )
@@ -323,6 +380,7 @@ class WorkerRuntime:
             cost_usd=entry.cost(completion.prompt_tokens, completion.completion_tokens),
             response=response,
             ttft_ms=completion.ttft_ms,
+            served_by=served_by,
         )
         stored = await self.results.write(job, outcome)
         self.counters["succeeded" if stored else "lost"] += 1
@@ -361,6 +419,8 @@ class WorkerRuntime:
         await side_tasks.forget_beat(self)
         for backend in self._backends.values():
             await backend.aclose()
+        if self.traffic is not None:
+            await self.traffic.aclose()
         if self._on_stop is not None:
             await self._on_stop()
         await self.redis.aclose()

@@ -21,6 +21,7 @@ import structlog
 from promptq.catalog import Catalog, Deployment, ModelEntry
 from promptq.config import Settings
 from promptq.errors import RetryableError, TerminalError
+from promptq.jobs import JobErrorCode
 from promptq.retry import backoff_delay
 from promptq.scheduler.admission import AdmissionGate, Permit
 from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker
@@ -145,7 +146,7 @@ class TrafficControl:
                 log.info("job.fallback", job_id=job.id, model=model.name, to=chain[index + 1])
                 index += 1
             except TerminalError as exc:
-                if exc.code != "context_length_exceeded" or context_fallen:
+                if exc.code != JobErrorCode.CONTEXT_LENGTH_EXCEEDED or context_fallen:
                     raise
                 if not model.context_window_fallbacks:
                     raise
@@ -248,7 +249,7 @@ class TrafficControl:
             if may_fall_back:
                 raise _FallBack()
             message = f"{exc.message} (gave up after {faults} provider faults)"
-            raise RetryableError(exc.code, message, exc.status_code) from exc
+            raise RetryableError(exc.code, message, exc.provider_status) from exc
         delay = backoff_delay(
             faults, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )

@@ -133,9 +133,15 @@ async def test_aimd_halves_concurrency_on_429_and_grows_it_on_success(
     limits = _limits()
     await limiter.observe(limits, RateSignal(retry_after=0), limited=True)
     assert (await limiter.state(limits))["d_conc"] == 4
+    await redis.hset(f"promptq:rl:{limits.key}", "d_conc_cut", 0)  # as if a second passed
     for _ in range(4):
         await limiter.observe(limits, RateSignal(), limited=False)
-    assert (await limiter.state(limits))["d_conc"] == pytest.approx(5, abs=0.1)
+    # 4 -> 5 -> 5.8 -> 6.49 -> 7.11: +4/conc per success
+    assert (await limiter.state(limits))["d_conc"] == pytest.approx(7.11, abs=0.01)
+    # And a second 429 within the second does not cut again
+    await limiter.observe(limits, RateSignal(retry_after=0), limited=True)
+    await limiter.observe(limits, RateSignal(retry_after=0), limited=True)
+    assert (await limiter.state(limits))["d_conc"] == pytest.approx(3.56, abs=0.01)
 
 
 async def test_bulk_holds_back_a_reserve_that_interactive_may_use(redis: aioredis.Redis) -> None:
