@@ -220,15 +220,16 @@ async def note_waiting(
     session: AsyncSession, notes: Sequence[tuple[ClaimedJob, str | None]]
 ) -> int:
     """WAIT: show why running jobs wait (rate_limited, circuit_open ...) or, with None,
-    that they go on; one transaction for all. Returns how many still held their lease
-    (commits)."""
+    that they go on; one connection for all. Returns how many still held their lease.
+    Each row commits on its own: holding several row locks at once would deadlock with
+    the heartbeat, which renews the same rows in one statement."""
     moved = 0
     for job, reason in notes:
         result = await session.execute(
             _update(WAIT).where(_held(job)).values(waiting_reason=reason)
         )
+        await session.commit()
         moved += int(result.rowcount)  # type: ignore[attr-defined]
-    await session.commit()
     return moved
 
 

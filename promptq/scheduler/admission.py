@@ -57,6 +57,14 @@ class _Lane:
     reason: str = ""
 
 
+def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
+    if heap and heap[0] is waiter:
+        heapq.heappop(heap)
+        return
+    heap.remove(waiter)
+    heapq.heapify(heap)
+
+
 class AdmissionGate:
     """Admits calls per deployment in priority order; create it on the loop that uses it."""
 
@@ -160,7 +168,8 @@ class AdmissionGate:
                 await asyncio.sleep(self.poll_max)
                 continue
             if decision.granted:
-                heapq.heappop(lane.heap)
+                # A more urgent waiter may have been pushed above `head` meanwhile.
+                _remove(lane.heap, head)
                 if head.future.done():  # gave up while we asked: hand the capacity back
                     await self.limiter.settle(lane.limits, head.slot_id, head.tokens, None)
                 else:

@@ -166,3 +166,12 @@ async def test_undeclared_limits_are_discovered(
     served = await harness.serve("undeclared", 150)
     assert len(served) == 150
     assert sims["limited"].calls(429) - before <= 150 * 0.05
+
+
+async def test_an_interactive_job_among_bulk_ones_survives_an_outage(
+    harness: Harness, sims: dict[str, SimServer]
+) -> None:
+    sims["outage"].configure(down_for=6)
+    bulk = asyncio.create_task(harness.serve("outage", 60, band=5))
+    interactive = await asyncio.wait_for(harness.serve("outage", 1, band=0, interactive=True), 60)
+    assert len(interactive) == 1 and len(await bulk) == 60
