@@ -11,6 +11,7 @@ __all__ = [
     "PRIORITY_STEPS",
     "RATE_LIMIT_PREFIX",
     "RATE_SLOTS_PREFIX",
+    "REMOTE_INTERACTIVE_QUEUE",
     "REMOTE_QUEUE",
     "TASK_RUN_CHUNK",
     "TENANT_SLOTS_PREFIX",
@@ -23,6 +24,9 @@ __all__ = [
 
 #: Queue of the remote workers (OpenAI-compatible and Anthropic providers).
 REMOTE_QUEUE = "promptq.remote"
+#: Interactive chunks for remote workers: a consumer of its own in each remote worker takes
+#: them, so they never wait behind Celery threads blocked admitting bulk chunks.
+REMOTE_INTERACTIVE_QUEUE = "promptq.remote.interactive"
 #: GPU queues are per model: a GPU worker loads one engine for one model.
 GPU_QUEUE_PREFIX = "promptq.gpu."
 #: The Celery task that runs a micro-batch (a chunk of job ids).

@@ -188,3 +188,25 @@ def test_a_dead_model_is_served_by_its_fallback_priced_at_the_fallback(
     expected = (usage["prompt_tokens"] * 1 + usage["completion_tokens"] * 2) / 1_000_000
     assert (job["model"], job["served_by"]) == ("dead", "backup")
     assert job["cost_usd"] == pytest.approx(expected)
+
+
+def test_an_interactive_job_goes_first_while_a_big_batch_is_held_back_by_the_limit(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    # Given a 2,000-line batch held back by a 600 RPM limit (over three minutes of work)
+    limited = traffic.sims["limited"]
+    before = limited.calls(200)
+    batch = traffic.run_batch(tmp_path, "big", "limited", 2000, max_tokens=8)
+    wait_for(lambda: limited.calls(200) - before >= 30, 60, "the batch to be under way")
+    # When an interactive job arrives
+    body = {"model": "limited", "messages": [{"role": "user", "content": "urgent"}]}
+    job_id = traffic.client.post("/v1/jobs", json=body).json()["id"]
+    # Then it is served while the batch is still far from done
+    wait_for(
+        lambda: traffic.client.get(f"/v1/jobs/{job_id}").json()["status"] == "succeeded",
+        30,
+        "the interactive job",
+    )
+    progress = traffic.client.get(f"/v1/batches/{batch['id']}").json()["request_counts"]
+    assert progress["completed"] < 1000
+    traffic.client.post(f"/v1/batches/{batch['id']}/cancel")
