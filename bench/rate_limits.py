@@ -104,8 +104,13 @@ def _figures(
     # The time the limit allows for `lines` requests, counting the provider's 1 s burst.
     burst = max(1.0, args.rpm / 60)
     allowed = max(0.0, lines - burst) / _limit_rate(args)
+    # At the provider: the served rate between its first and last answer, against the
+    # limit's rate (the first second's burst excluded).
+    window = stats.get("served_window_s") or 0.0
+    provider_used = (ok - burst) / window / _limit_rate(args) if window > 0 and ok > burst else None
     return {
         "lines": lines,
+        "provider_limit_used": round(provider_used, 3) if provider_used else None,
         "served": ok,
         "calls": sum(int(n) for n in by_status.values()),
         "429s": limited,
@@ -311,6 +316,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         "elapsed_s",
         "allowed_s",
         "limit_used",
+        "provider_limit_used",
     )
     print(" | ".join(head))
     for row in rows:

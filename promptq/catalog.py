@@ -83,6 +83,8 @@ class ModelEntry(BaseModel):
     source: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=32, gt=0)
+    # Running slots kept free of bulk work so an interactive request starts at once.
+    interactive_slots: int = Field(default=2, ge=0)
     dtype: str = "auto"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     cpu_kvcache_gib: float | None = Field(default=None, gt=0)

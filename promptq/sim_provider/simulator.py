@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -40,6 +41,9 @@ class Simulator:
         if config.down_for:
             self.modes.go_down(config.down_for, config.down_status)
         self._tokens = 0
+        # When the first and the last completion were served: the rate a client achieved.
+        self._first_ok: float | None = None
+        self._last_ok: float | None = None
         self._attempts: dict[bytes, int] = {}
         self._total = 0
         self._by_endpoint: Counter[str] = Counter()
@@ -51,6 +55,9 @@ class Simulator:
             "by_endpoint": dict(self._by_endpoint),
             "by_status": {str(status): n for status, n in sorted(self._by_status.items())},
             "tokens": self._tokens,
+            "served_window_s": round(self._last_ok - self._first_ok, 4)
+            if self._first_ok is not None and self._last_ok is not None
+            else None,
             "limits": {
                 "rpm": self.limits.requests.per_minute if self.limits.requests else None,
                 "tpm": self.limits.tokens.per_minute if self.limits.tokens else None,
@@ -75,6 +82,10 @@ class Simulator:
         async def endpoint(request: Request) -> Response:
             response = await handler(request)
             response.headers.update(self.limits.headers())
+            if response.status_code == 200 and method == "POST":
+                now = time.monotonic()
+                self._first_ok = self._first_ok if self._first_ok is not None else now
+                self._last_ok = now
             self._total += 1
             self._by_endpoint[path] += 1
             self._by_status[response.status_code] += 1

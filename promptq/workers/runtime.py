@@ -28,7 +28,7 @@ from promptq.jobs import (
     release,
     retry,
 )
-from promptq.queues import BULK_BAND, INTERACTIVE_BAND
+from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
 from promptq.retry import backoff_delay
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
@@ -294,7 +294,8 @@ class WorkerRuntime:
                 entry.name,
                 entry.upstream_name,
                 current.body,
-                current.priority,
+                # The queue step: the interactive band runs before bulk lines on the engine.
+                queue_step(current.priority, interactive=current.batch_id is None),
             )
             try:
                 completion = await backend.complete(request)
