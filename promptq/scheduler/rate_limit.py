@@ -64,7 +64,8 @@ class RateLimitSettings:
     slot_ttl: float = 600.0
     # A 429 with no Retry-After and no reset headers pauses the deployment this long.
     default_pause: float = 1.0
-    # Adaptive concurrency (AIMD) of a deployment with no declared limits.
+    # Adaptive concurrency (AIMD) of a deployment with no declared limits: none until its
+    # first 429, then half of what was in flight (at least `adaptive_start`).
     adaptive_start: float = 16.0
     adaptive_max: float = 512.0
 
@@ -103,7 +104,6 @@ class RateLimiter:
             slot_id,
             s.slot_ttl,
             s.margin,
-            s.adaptive_start if limits.adaptive else 0,
         ]
         granted, wait, reason = await self._admit(keys=_keys(limits), args=args)
         return Decision(bool(int(granted)), float(_text(wait)), _text(reason))
@@ -142,7 +142,7 @@ class RateLimiter:
             s.adaptive_start,
             s.adaptive_max,
         ]
-        await self._observe(keys=_keys(limits)[:1], args=args)
+        await self._observe(keys=_keys(limits), args=args)
         return pause
 
     async def state(self, limits: DeploymentLimits) -> dict[str, float]:

@@ -30,8 +30,7 @@ end
 """
 
 #: KEYS: state, slots. ARGV: tokens, interactive (1/0), rpm, tpm, max_concurrency (0 for
-#: undeclared), burst seconds, bulk reserve fraction, slot id, slot ttl, pacing margin,
-#: the adaptive concurrency to start from (0 unless no limit is declared).
+#: undeclared), burst seconds, bulk reserve fraction, slot id, slot ttl, pacing margin.
 #: Returns {granted (1/0), wait seconds (string), reason}.
 ADMIT = (
     _PRELUDE
@@ -53,7 +52,7 @@ local function refuse(wait, reason)
   end
   return {0, tostring(wait), reason}
 end
-local conc = math.floor(pick(tonumber(ARGV[5]), f[4] or ARGV[11]))
+local conc = math.floor(pick(tonumber(ARGV[5]), f[4]))
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if conc > 0 then
   local limit = conc
@@ -108,7 +107,7 @@ return 1
 """
 )
 
-#: KEYS: state. ARGV: rate limited (1/0), pause seconds (0: none), the limits the answer
+#: KEYS: state, slots. ARGV: rate limited (1/0), pause seconds (0: none), the limits the answer
 #: reported (0: unknown), adaptive (1 when the models file declares no limit), AIMD
 #: concurrency start and ceiling. Returns the paused-until time (string).
 OBSERVE = (
@@ -124,7 +123,12 @@ if pause > 0 and now + pause > paused then
 end
 if tonumber(ARGV[3]) > 0 then redis.call('HSET', KEYS[1], 'd_rpm', ARGV[3]) end
 if tonumber(ARGV[4]) > 0 then redis.call('HSET', KEYS[1], 'd_tpm', ARGV[4]) end
-local conc = tonumber(f[2]) or tonumber(ARGV[6])
+-- No concurrency limit until the provider first pushes back; then half of what was in
+-- flight (at least the start value), growing again additively.
+local conc = tonumber(f[2])
+if limited and conc == nil then
+  conc = math.max(tonumber(ARGV[6]), redis.call('ZCARD', KEYS[2]))
+end
 if limited then
   -- Start again from empty buckets: the provider's view of them is empty too.
   redis.call('HSET', KEYS[1], 'req', '0', 'req_at', tostring(now), 'tok', '0',
@@ -134,10 +138,10 @@ if limited then
     conc = math.max(2, conc / 2)
     redis.call('HSET', KEYS[1], 'd_conc_cut', tostring(now))
   end
-elseif adaptive then
+elseif adaptive and conc ~= nil then
   conc = math.min(tonumber(ARGV[7]), conc + 4 / conc)
 end
-if adaptive then redis.call('HSET', KEYS[1], 'd_conc', tostring(conc)) end
+if adaptive and conc ~= nil then redis.call('HSET', KEYS[1], 'd_conc', tostring(conc)) end
 redis.call('EXPIRE', KEYS[1], 86400)
 return tostring(paused)
 """

@@ -11,6 +11,7 @@ long for the model goes to its `context_window_fallbacks`.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ log = structlog.get_logger(__name__)
 OnWait = Callable[[str | None], Awaitable[None]]
 BackendFor = Callable[[ModelEntry], Awaitable[RemoteBackend]]
 _CIRCUIT_POLL = 1.0
+_FAULT_MEMORY = 60.0  # seconds after a fault during which successes are reported
+_NO_SIGNAL = RateSignal()
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,8 @@ class TrafficControl:
         self.gate = AdmissionGate(self.limiter)
         self._backend_for = backend_for
         self.counters = {"calls": 0, "rate_limited": 0, "faults": 0, "fallbacks": 0}
+        self._faulted_at: dict[str, float] = {}  # deployment -> when this process saw a fault
+        self._pushed_back: set[str] = set()  # deployments that answered 429 here
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -170,7 +175,7 @@ class TrafficControl:
                 await self._circuit_open(report, may_fall_back, gate.wait)
                 continue
             try:
-                completion = await self._call(job, model, deployment, permit, report)
+                completion = await self._call(job, model, deployment, permit, report, gate.probe)
             except RetryableError as exc:
                 faults += 1
                 await self._fault(job, model, exc, faults, may_fall_back)
@@ -202,6 +207,7 @@ class TrafficControl:
         deployment: Deployment,
         permit: Permit,
         report: _Reporter,
+        probe: bool,
     ) -> Completion:
         """One provider call; a 429 pauses the deployment and the call waits to go again."""
         backend = await self._backend_for(model)
@@ -216,25 +222,34 @@ class TrafficControl:
             except ProviderRateLimited as exc:
                 await self.gate.settle(permit, None)
                 self.counters["rate_limited"] += 1
+                self._pushed_back.add(key)
                 pause = await self.limiter.observe(permit.limits, exc.signal, limited=True)
                 log.info("job.rate_limited", job_id=job.id, deployment=key, pause=pause)
                 permit = await self._admit(job, model, deployment, report)
                 continue
             except TerminalError:
                 await self.gate.settle(permit, None)
-                await self.breaker.record(key, ok=True)  # it answered: the provider is up
+                await self._answered(key, probe)  # it answered: the provider is up
                 raise
             except RetryableError:
                 await self.gate.settle(permit, None)
+                self._faulted_at[key] = time.monotonic()
                 await self.breaker.record(key, ok=False)
                 raise
             break
         await self.gate.settle(permit, completion.prompt_tokens + completion.completion_tokens)
-        await self.breaker.record(key, ok=True)
+        await self._answered(key, probe)
         signal = completion.extra.get("rate_signal")
-        if isinstance(signal, RateSignal):
+        if isinstance(signal, RateSignal) and (signal != _NO_SIGNAL or key in self._pushed_back):
             await self.limiter.observe(permit.limits, signal, limited=False)
         return completion
+
+    async def _answered(self, key: str, probe: bool) -> None:
+        # A success counts for the breaker when it is a probe, or when faults were seen
+        # lately (the failure ratio needs both); with no fault in sight the round trip to
+        # Redis is saved.
+        if probe or time.monotonic() - self._faulted_at.get(key, -_FAULT_MEMORY) < _FAULT_MEMORY:
+            await self.breaker.record(key, ok=True)
 
     async def _fault(
         self,
