@@ -64,8 +64,9 @@ class RateLimitSettings:
     slot_ttl: float = 600.0
     # A 429 with no Retry-After and no reset headers pauses the deployment this long.
     default_pause: float = 1.0
-    # Adaptive concurrency (AIMD) of a deployment with no declared limits: none until its
-    # first 429, then half of what was in flight (at least `adaptive_start`).
+    # Adaptive concurrency of a deployment with no declared limits: `adaptive_start` calls
+    # in flight plus one per success until its first 429 (slow start), then half of what
+    # was in flight, growing by 4/n per success (AIMD).
     adaptive_start: float = 16.0
     adaptive_max: float = 512.0
 
@@ -104,6 +105,8 @@ class RateLimiter:
             slot_id,
             s.slot_ttl,
             s.margin,
+            s.adaptive_start if limits.adaptive else 0,
+            s.adaptive_max if limits.adaptive else 0,
         ]
         granted, wait, reason = await self._admit(keys=_keys(limits), args=args)
         return Decision(bool(int(granted)), float(_text(wait)), _text(reason))
@@ -121,6 +124,7 @@ class RateLimiter:
             limits.tpm or 0,
             s.burst_seconds,
             s.margin,
+            1 if used is not None else 0,
         ]
         await self._settle(keys=_keys(limits), args=args)
 

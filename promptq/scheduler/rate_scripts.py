@@ -30,7 +30,8 @@ end
 """
 
 #: KEYS: state, slots. ARGV: tokens, interactive (1/0), rpm, tpm, max_concurrency (0 for
-#: undeclared), burst seconds, bulk reserve fraction, slot id, slot ttl, pacing margin.
+#: undeclared), burst seconds, bulk reserve fraction, slot id, slot ttl, pacing margin,
+#: and for a deployment with no declared limit the AIMD start and ceiling (else 0, 0).
 #: Returns {granted (1/0), wait seconds (string), reason}.
 ADMIT = (
     _PRELUDE
@@ -41,7 +42,7 @@ local burst, margin = tonumber(ARGV[6]), tonumber(ARGV[10])
 local reserve = 0
 if not interactive then reserve = tonumber(ARGV[7]) end
 local f = redis.call('HMGET', KEYS[1], 'paused_until', 'd_rpm', 'd_tpm', 'd_conc',
-  'req', 'req_at', 'tok', 'tok_at', 'hot_until')
+  'req', 'req_at', 'tok', 'tok_at', 'hot_until', 'd_ok')
 local paused = tonumber(f[1]) or 0
 if now < paused then return {0, tostring(paused - now), 'rate_limited'} end
 local hot = tonumber(f[9]) or 0
@@ -53,6 +54,10 @@ local function refuse(wait, reason)
   return {0, tostring(wait), reason}
 end
 local conc = math.floor(pick(tonumber(ARGV[5]), f[4]))
+if conc == 0 and tonumber(ARGV[11]) > 0 then
+  -- Undeclared limits, no 429 yet: slow start, one more call in flight per success.
+  conc = math.floor(math.min(tonumber(ARGV[12]), tonumber(ARGV[11]) + (tonumber(f[10]) or 0)))
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
 if conc > 0 then
   local limit = conc
@@ -89,13 +94,14 @@ return {1, '0', ''}
 )
 
 #: KEYS: state, slots. ARGV: slot id, tokens to give back (reserved - used; may be
-#: negative), tpm (0 for undeclared), burst seconds, pacing margin.
+#: negative), tpm (0 for undeclared), burst seconds, pacing margin, succeeded (1/0).
 SETTLE = (
     _PRELUDE
     + """
 redis.call('ZREM', KEYS[2], ARGV[1])
 local refund = tonumber(ARGV[2])
-local f = redis.call('HMGET', KEYS[1], 'd_tpm', 'tok', 'tok_at')
+local f = redis.call('HMGET', KEYS[1], 'd_tpm', 'tok', 'tok_at', 'd_conc')
+if ARGV[6] == '1' and not f[4] then redis.call('HINCRBY', KEYS[1], 'd_ok', 1) end
 local tpm = pick(tonumber(ARGV[3]), f[1])
 if tpm > 0 and refund ~= 0 and f[2] then
   local rate, cap, level = bucket(tpm, tonumber(ARGV[4]), tonumber(ARGV[5]),
