@@ -37,6 +37,8 @@ class Permit:
     limits: DeploymentLimits
     slot_id: str
     reserved: int
+    #: Admitted by this process's own slow start, not by Redis (see `acquire_local`).
+    local: bool = False
 
 
 @dataclass(order=True)
@@ -57,6 +59,40 @@ class _Lane:
     reason: str = ""
 
 
+class _SlowStart:
+    """An in-process concurrency cap that grows by one per success."""
+
+    def __init__(self, start: int, ceiling: int) -> None:
+        self.cap, self.ceiling = start, ceiling
+        self.in_flight = 0
+        self.shared = False  # the deployment is admitted through Redis from now on
+        self._room = asyncio.Condition()
+
+    async def enter(self) -> bool:
+        """Wait for room; False if the deployment went shared meanwhile."""
+        async with self._room:
+            await self._room.wait_for(lambda: self.in_flight < self.cap or self.shared)
+            if self.shared:
+                return False
+            self.in_flight += 1
+            return True
+
+    async def share(self) -> None:
+        async with self._room:
+            self.shared = True
+            self._room.notify_all()
+
+    def leave(self, *, ok: bool) -> None:
+        self.in_flight -= 1
+        if ok:
+            self.cap = min(self.ceiling, self.cap + 1)
+        asyncio.get_running_loop().create_task(self._wake())
+
+    async def _wake(self) -> None:
+        async with self._room:
+            self._room.notify()
+
+
 def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
     if heap and heap[0] is waiter:
         heapq.heappop(heap)
@@ -74,6 +110,7 @@ class AdmissionGate:
         self._lanes: dict[str, _Lane] = {}
         self._seq = itertools.count()
         self._expected: Counter[str] = Counter()
+        self._local: dict[str, _SlowStart] = {}
 
     def waiting(self, key: str) -> int:
         """How many calls of this process wait for deployment `key` (or chose it and are
@@ -146,8 +183,37 @@ class AdmissionGate:
             if not waiter.future.done():
                 waiter.future.cancel()  # the poller drops it
 
+    def local_in_flight(self, key: str) -> int:
+        """Calls in flight under this process's slow start for deployment `key`."""
+        state = self._local.get(key)
+        return state.in_flight if state else 0
+
+    async def share(self, key: str) -> None:
+        """Deployment `key` is admitted through Redis from now on: calls waiting in its
+        in-process slow start go there too."""
+        state = self._local.get(key)
+        if state is not None and not state.shared:
+            await state.share()
+
+    async def acquire_local(
+        self, limits: DeploymentLimits, start: int, ceiling: int
+    ) -> Permit | None:
+        """Admit a call to a deployment with no declared limits that has not pushed back yet:
+        a slow start kept in this process (`start` calls in flight, one more per success
+        up to `ceiling`), no Redis round trip. After its first 429 the deployment goes
+        through `acquire` like the others (None: it did so while this call waited)."""
+        state = self._local.get(limits.key)
+        if state is None:
+            state = self._local[limits.key] = _SlowStart(start, ceiling)
+        if not await state.enter():
+            return None
+        return Permit(limits, "", 0, local=True)
+
     async def settle(self, permit: Permit, used_tokens: int | None) -> None:
         """Give back the slot and the tokens the call did not use (None: none used)."""
+        if permit.local:
+            self._local[permit.limits.key].leave(ok=used_tokens is not None)
+            return
         await self.limiter.settle(permit.limits, permit.slot_id, permit.reserved, used_tokens)
         lane = self._lanes.get(permit.limits.key)
         if lane is not None and lane.reason == "concurrency":

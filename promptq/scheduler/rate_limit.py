@@ -67,7 +67,7 @@ class RateLimitSettings:
     # Adaptive concurrency of a deployment with no declared limits: `adaptive_start` calls
     # in flight plus one per success until its first 429 (slow start), then half of what
     # was in flight, growing by 4/n per success (AIMD).
-    adaptive_start: float = 16.0
+    adaptive_start: float = 8.0
     adaptive_max: float = 512.0
 
 
@@ -129,9 +129,11 @@ class RateLimiter:
         await self._settle(keys=_keys(limits), args=args)
 
     async def observe(
-        self, limits: DeploymentLimits, signal: RateSignal, *, limited: bool
+        self, limits: DeploymentLimits, signal: RateSignal, *, limited: bool, in_flight: int = 0
     ) -> float:
-        """Feed back one answer; returns how many seconds the deployment is now paused."""
+        """Feed back one answer; returns how many seconds the deployment is now paused.
+        `in_flight` tells a first 429 how many calls this process had out, if Redis did
+        not count them (a slow start kept in the process)."""
         s = self.settings
         if limited:
             pause = signal.pause_after_429(s.default_pause)
@@ -145,6 +147,7 @@ class RateLimiter:
             1 if limits.adaptive else 0,
             s.adaptive_start,
             s.adaptive_max,
+            in_flight,
         ]
         await self._observe(keys=_keys(limits), args=args)
         return pause

@@ -54,8 +54,9 @@ local function refuse(wait, reason)
   return {0, tostring(wait), reason}
 end
 local conc = math.floor(pick(tonumber(ARGV[5]), f[4]))
-if conc == 0 and tonumber(ARGV[11]) > 0 then
-  -- Undeclared limits, no 429 yet: slow start, one more call in flight per success.
+if conc == 0 and tonumber(ARGV[11]) > 0 and not f[2] and not f[3] then
+  -- Undeclared limits, none learned, no 429 yet: slow start, one more call in flight per
+  -- success.
   conc = math.floor(math.min(tonumber(ARGV[12]), tonumber(ARGV[11]) + (tonumber(f[10]) or 0)))
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
@@ -115,7 +116,8 @@ return 1
 
 #: KEYS: state, slots. ARGV: rate limited (1/0), pause seconds (0: none), the limits the answer
 #: reported (0: unknown), adaptive (1 when the models file declares no limit), AIMD
-#: concurrency start and ceiling. Returns the paused-until time (string).
+#: concurrency start and ceiling, calls in flight that Redis did not admit. Returns the
+#: paused-until time (string).
 OBSERVE = (
     _PRELUDE
     + """
@@ -133,7 +135,7 @@ if tonumber(ARGV[4]) > 0 then redis.call('HSET', KEYS[1], 'd_tpm', ARGV[4]) end
 -- flight (at least the start value), growing again additively.
 local conc = tonumber(f[2])
 if limited and conc == nil then
-  conc = math.max(tonumber(ARGV[6]), redis.call('ZCARD', KEYS[2]))
+  conc = math.max(tonumber(ARGV[6]), redis.call('ZCARD', KEYS[2]), tonumber(ARGV[8]))
 end
 if limited then
   -- Start again from empty buckets: the provider's view of them is empty too.

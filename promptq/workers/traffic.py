@@ -25,7 +25,7 @@ from promptq.errors import RetryableError, TerminalError
 from promptq.jobs import JobErrorCode
 from promptq.retry import backoff_delay
 from promptq.scheduler.admission import AdmissionGate, Permit
-from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker
+from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker, Gate
 from promptq.scheduler.deployments import choose_deployment, limits_of
 from promptq.scheduler.rate_headers import RateSignal
 from promptq.scheduler.rate_limit import RateLimiter, RateLimitSettings
@@ -42,6 +42,8 @@ BackendFor = Callable[[ModelEntry], Awaitable[RemoteBackend]]
 _CIRCUIT_POLL = 1.0
 _FAULT_MEMORY = 60.0  # seconds after a fault during which successes are reported
 _NO_SIGNAL = RateSignal()
+_CLOSED_CACHE = 0.5  # seconds a closed circuit is trusted without asking Redis
+_GO = Gate(allowed=True, wait=0.0, probe=False)
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,10 @@ class TrafficControl:
         self._backend_for = backend_for
         self.counters = {"calls": 0, "rate_limited": 0, "faults": 0, "fallbacks": 0}
         self._faulted_at: dict[str, float] = {}  # deployment -> when this process saw a fault
-        self._pushed_back: set[str] = set()  # deployments that answered 429 here
+        # Undeclared deployments that answered 429 or reported their limits here: from then
+        # on they are admitted through Redis, like declared ones.
+        self._shared: set[str] = set()
+        self._closed_until: dict[str, float] = {}  # deployment -> trust "closed" until
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -169,7 +174,7 @@ class TrafficControl:
                 await self._circuit_open(report, may_fall_back)
                 continue
             permit = await self._admit(job, model, deployment, report)
-            gate = await self.breaker.allow(str(deployment.name))
+            gate = await self._allow(str(deployment.name))
             if not gate.allowed:  # opened while we waited for capacity
                 await self.gate.settle(permit, None)
                 await self._circuit_open(report, may_fall_back, gate.wait)
@@ -185,11 +190,19 @@ class TrafficControl:
     async def _admit(
         self, job: TrafficJob, model: ModelEntry, deployment: Deployment, report: _Reporter
     ) -> Permit:
+        limits = limits_of(deployment)
+        if limits.adaptive and limits.key not in self._shared:
+            s = self.limiter.settings
+            local = await self.gate.acquire_local(
+                limits, int(s.adaptive_start), int(s.adaptive_max)
+            )
+            if local is not None:
+                return local
         tokens = count_prompt_tokens(model, job.body) + max_completion_tokens(
             model, job.body, self.settings.default_completion_tokens
         )
         permit = await self.gate.acquire(
-            limits_of(deployment),
+            limits,
             tokens,
             band=job.band,
             priority=job.priority,
@@ -222,8 +235,11 @@ class TrafficControl:
             except ProviderRateLimited as exc:
                 await self.gate.settle(permit, None)
                 self.counters["rate_limited"] += 1
-                self._pushed_back.add(key)
-                pause = await self.limiter.observe(permit.limits, exc.signal, limited=True)
+                await self._share(key)
+                hint = self.gate.local_in_flight(key) + 1 if permit.local else 0
+                pause = await self.limiter.observe(
+                    permit.limits, exc.signal, limited=True, in_flight=hint
+                )
                 log.info("job.rate_limited", job_id=job.id, deployment=key, pause=pause)
                 permit = await self._admit(job, model, deployment, report)
                 continue
@@ -234,15 +250,33 @@ class TrafficControl:
             except RetryableError:
                 await self.gate.settle(permit, None)
                 self._faulted_at[key] = time.monotonic()
+                self._closed_until.pop(key, None)
                 await self.breaker.record(key, ok=False)
                 raise
             break
         await self.gate.settle(permit, completion.prompt_tokens + completion.completion_tokens)
         await self._answered(key, probe)
         signal = completion.extra.get("rate_signal")
-        if isinstance(signal, RateSignal) and (signal != _NO_SIGNAL or key in self._pushed_back):
+        if isinstance(signal, RateSignal) and (signal != _NO_SIGNAL or key in self._shared):
+            if signal.limit_requests or signal.limit_tokens:
+                await self._share(key)
             await self.limiter.observe(permit.limits, signal, limited=False)
         return completion
+
+    async def _share(self, key: str) -> None:
+        if key not in self._shared:
+            self._shared.add(key)
+            await self.gate.share(key)
+
+    async def _allow(self, key: str) -> Gate:
+        # A closed circuit is trusted for a moment without asking Redis again: at most
+        # that long of calls go to a deployment another process has just opened.
+        if time.monotonic() < self._closed_until.get(key, 0.0):
+            return _GO
+        gate = await self.breaker.allow(key)
+        if gate.allowed and not gate.probe:
+            self._closed_until[key] = time.monotonic() + _CLOSED_CACHE
+        return gate
 
     async def _answered(self, key: str, probe: bool) -> None:
         # A success counts for the breaker when it is a probe, or when faults were seen
