@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,10 @@ class ModelEntry(BaseModel):
 
     def all_deployments(self) -> tuple[Deployment, ...]:
         """The deployments serving this model; the flat form is one."""
+        return self._deployments
+
+    @cached_property
+    def _deployments(self) -> tuple[Deployment, ...]:
         if self.deployments:
             return tuple(
                 d if d.name else d.model_copy(update={"name": f"{self.name}/{i}"})

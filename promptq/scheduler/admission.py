@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -66,31 +66,35 @@ class _SlowStart:
         self.cap, self.ceiling = start, ceiling
         self.in_flight = 0
         self.shared = False  # the deployment is admitted through Redis from now on
-        self._room = asyncio.Condition()
+        self._waiters: deque[asyncio.Future[bool]] = deque()
 
     async def enter(self) -> bool:
         """Wait for room; False if the deployment went shared meanwhile."""
-        async with self._room:
-            await self._room.wait_for(lambda: self.in_flight < self.cap or self.shared)
-            if self.shared:
-                return False
+        if self.shared:
+            return False
+        if self.in_flight < self.cap and not self._waiters:
             self.in_flight += 1
             return True
-
-    async def share(self) -> None:
-        async with self._room:
-            self.shared = True
-            self._room.notify_all()
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        return await waiter  # True: a leaving call handed its slot over
 
     def leave(self, *, ok: bool) -> None:
         self.in_flight -= 1
         if ok:
             self.cap = min(self.ceiling, self.cap + 1)
-        asyncio.get_running_loop().create_task(self._wake())
+        while self._waiters and self.in_flight < self.cap:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self.in_flight += 1
+                waiter.set_result(True)
 
-    async def _wake(self) -> None:
-        async with self._room:
-            self._room.notify()
+    def share(self) -> None:
+        self.shared = True
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(False)
 
 
 def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
@@ -192,8 +196,8 @@ class AdmissionGate:
         """Deployment `key` is admitted through Redis from now on: calls waiting in its
         in-process slow start go there too."""
         state = self._local.get(key)
-        if state is not None and not state.shared:
-            await state.share()
+        if state is not None:
+            state.share()
 
     async def acquire_local(
         self, limits: DeploymentLimits, start: int, ceiling: int
