@@ -73,6 +73,7 @@ class ModelEntry(BaseModel):
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    # Requests in flight at once, over every worker process (the flat form's deployment).
     max_concurrency: int | None = Field(default=None, gt=0)
     # Several servers or keys for this model; the flat fields above are one deployment.
     deployments: tuple[Deployment, ...] = ()
