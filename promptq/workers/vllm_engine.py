@@ -63,7 +63,8 @@ class VllmEngine:
         self._tokenizer: Any = engine.get_tokenizer()
         self._max_model_len = int(engine.model_config.max_model_len)
         self._max_num_seqs = int(engine.vllm_config.scheduler_config.max_num_seqs)
-        self._bulk_slots = asyncio.Semaphore(max(1, self._max_num_seqs - options.interactive_slots))
+        self._bulk_limit = max(1, self._max_num_seqs - options.interactive_slots)
+        self._bulk_slots = asyncio.Semaphore(self._bulk_limit)
 
     @classmethod
     async def start(cls, options: EngineOptions) -> VllmEngine:
@@ -90,6 +91,11 @@ class VllmEngine:
     def max_num_seqs(self) -> int:
         """How many sequences the engine runs in one batch."""
         return self._max_num_seqs
+
+    @property
+    def bulk_slots(self) -> int:
+        """How many bulk requests the engine runs at once (the rest wait their turn here)."""
+        return self._bulk_limit
 
     @property
     def max_model_len(self) -> int:

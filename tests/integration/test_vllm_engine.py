@@ -128,10 +128,12 @@ async def _finish_order(engine: VllmEngine, bulk: int, min_tokens: int = 0) -> l
         for i in range(bulk)
     ]
     backlog = [asyncio.create_task(run(request)) for request in bulk_jobs]
-    # Every bulk request is in the engine before the urgent one is submitted (polled: the
-    # engine's own count of unfinished requests; each poll yields to the requests' tasks).
+    # Every bulk request the engine takes is in it before the urgent one is submitted
+    # (polled: the engine's own count of unfinished requests; each poll yields to the
+    # requests' tasks). Bulk requests beyond `bulk_slots` wait in promptq, not in vLLM.
+    admitted = min(bulk, engine.bulk_slots)
     async with asyncio.timeout(60):
-        while engine._engine.get_num_unfinished_requests() < bulk:  # noqa: ASYNC110 (no event)
+        while engine._engine.get_num_unfinished_requests() < admitted:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=8))
     await asyncio.gather(*backlog)
