@@ -182,7 +182,13 @@ class WorkerRuntime:
         self._results.start()
         if self._use_traffic:
             redis = traffic_redis(self.settings.redis_url)
-            self.traffic = TrafficControl(self.settings, self.catalog, redis, self._remote_backend)
+            self.traffic = TrafficControl(
+                self.settings,
+                self.catalog,
+                redis,
+                self._remote_backend,
+                on_answer=self.telemetry.answered,
+            )
             self._waiting = WaitingNotes(self._db)
         for entry in preload:
             await self._backend(entry)

@@ -105,7 +105,12 @@ class TrafficControl:
     """One per remote worker process, on the runtime's event loop."""
 
     def __init__(
-        self, settings: Settings, catalog: Catalog, redis: aioredis.Redis, backend_for: BackendFor
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        redis: aioredis.Redis,
+        backend_for: BackendFor,
+        on_answer: Callable[[ModelEntry, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -129,6 +134,8 @@ class TrafficControl:
         )
         self.gate = AdmissionGate(self.limiter)
         self._backend_for = backend_for
+        # Told every provider answer: ok, rate_limited, retryable_error, terminal_error.
+        self._on_answer = on_answer or (lambda entry, outcome: None)
         self.counters = {"calls": 0, "rate_limited": 0, "faults": 0, "fallbacks": 0}
         self._faulted_at: dict[str, float] = {}  # deployment -> when this process saw a fault
         # Undeclared deployments that answered 429 or reported their limits here: from then
@@ -233,6 +240,7 @@ class TrafficControl:
             try:
                 completion = await backend.complete_via(deployment, request)
             except ProviderRateLimited as exc:
+                self._on_answer(model, "rate_limited")
                 await self.gate.settle(permit, None)
                 self.counters["rate_limited"] += 1
                 await self._share(key)
@@ -244,16 +252,19 @@ class TrafficControl:
                 permit = await self._admit(job, model, deployment, report)
                 continue
             except TerminalError:
+                self._on_answer(model, "terminal_error")
                 await self.gate.settle(permit, None)
                 await self._answered(key, probe)  # it answered: the provider is up
                 raise
             except RetryableError:
+                self._on_answer(model, "retryable_error")
                 await self.gate.settle(permit, None)
                 self._faulted_at[key] = time.monotonic()
                 self._closed_until.pop(key, None)
                 await self.breaker.record(key, ok=False)
                 raise
             break
+        self._on_answer(model, "ok")
         await self.gate.settle(permit, completion.prompt_tokens + completion.completion_tokens)
         await self._answered(key, probe)
         signal = completion.extra.get("rate_signal")

@@ -1,7 +1,7 @@
 """jobs.waiting_reason and jobs.served_by: why a running job waits, which model served it
 
-Revision ID: 0003_traffic_waiting_served
-Revises: 0002
+Revision ID: 0006_traffic_waiting_served
+Revises: 0005_hardening_lost_count
 Create Date: 2026-11-22 04:15:00
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0003_traffic_waiting_served"
-down_revision = "0002"
+revision = "0006_traffic_waiting_served"
+down_revision = "0005_hardening_lost_count"
 branch_labels = None
 depends_on = None
 
