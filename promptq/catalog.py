@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ __all__ = [
     "Backend",
     "CacheMode",
     "Catalog",
+    "Deployment",
     "ModelEntry",
     "RouterEntry",
     "load_catalog",
@@ -50,6 +52,26 @@ class CacheMode(StrEnum):
     SEMANTIC = "semantic"
 
 
+class Deployment(BaseModel):
+    """One server or key that serves a model (`[[models.deployments]]`), with its limits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: Names the deployment's shared limits and breaker; default `<model>/<index>`.
+    name: str | None = Field(default=None, min_length=1)
+    base_url: str = Field(min_length=1)
+    api_key_env: str | None = None
+    rpm: int | None = Field(default=None, gt=0)
+    tpm: int | None = Field(default=None, gt=0)
+    max_concurrency: int | None = Field(default=None, gt=0)
+    #: Share of traffic relative to the model's other deployments when all have room.
+    weight: float = Field(default=1.0, gt=0)
+
+    def api_key(self) -> str | None:
+        """The provider key, read from the environment at call time (never stored)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
 class ModelEntry(BaseModel):
     """One `[[models]]` entry of the models file."""
 
@@ -64,10 +86,20 @@ class ModelEntry(BaseModel):
     output_per_mtok: Decimal = Field(default=Decimal(0), ge=0)
     rpm: int | None = Field(default=None, gt=0)
     tpm: int | None = Field(default=None, gt=0)
+    # Requests in flight at once, over every worker process (the flat form's deployment).
+    max_concurrency: int | None = Field(default=None, gt=0)
+    # Several servers or keys for this model; the flat fields above are one deployment.
+    deployments: tuple[Deployment, ...] = ()
+    # Models tried in order when every deployment is open-circuit or out of fault retries,
+    # and when the prompt does not fit this model's context window.
+    fallbacks: tuple[str, ...] = ()
+    context_window_fallbacks: tuple[str, ...] = ()
     # vLLM engine options (backend = "vllm").
     source: str | None = None
     max_model_len: int | None = Field(default=None, gt=0)
     max_num_seqs: int = Field(default=32, gt=0)
+    # Running slots kept free of bulk work so an interactive request starts at once.
+    interactive_slots: int = Field(default=2, ge=0)
     dtype: str = "auto"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     cpu_kvcache_gib: float | None = Field(default=None, gt=0)
@@ -101,9 +133,44 @@ class ModelEntry(BaseModel):
         if self.backend is Backend.VLLM:
             if not self.source:
                 raise ValueError("backend 'vllm' needs 'source' (a directory or a built-in name)")
+            if self.deployments:
+                raise ValueError("backend 'vllm' has no [[models.deployments]]")
+        elif self.deployments:
+            flat = ("base_url", "api_key_env", "rpm", "tpm", "max_concurrency")
+            clash = [name for name in flat if getattr(self, name) is not None]
+            if clash:
+                raise ValueError(
+                    f"{', '.join(clash)}: set these on each [[models.deployments]] entry"
+                )
         elif not self.base_url:
             raise ValueError(f"backend {self.backend.value!r} needs 'base_url'")
+        if self.name in self.fallbacks or self.name in self.context_window_fallbacks:
+            raise ValueError("a model cannot be its own fallback")
         return self
+
+    def all_deployments(self) -> tuple[Deployment, ...]:
+        """The deployments serving this model; the flat form is one."""
+        return self._deployments
+
+    @cached_property
+    def _deployments(self) -> tuple[Deployment, ...]:
+        if self.deployments:
+            return tuple(
+                d if d.name else d.model_copy(update={"name": f"{self.name}/{i}"})
+                for i, d in enumerate(self.deployments)
+            )
+        if self.base_url is None:
+            return ()
+        return (
+            Deployment(
+                name=f"{self.name}/0",
+                base_url=self.base_url,
+                api_key_env=self.api_key_env,
+                rpm=self.rpm,
+                tpm=self.tpm,
+                max_concurrency=self.max_concurrency,
+            ),
+        )
 
     @property
     def upstream_name(self) -> str:
@@ -181,6 +248,7 @@ def parse_catalog(data: Mapping[str, Any], path: Path | None = None) -> Catalog:
         if entry.name in entries:
             raise ConfigError(f"models file: entry #{index + 1}: duplicate name {entry.name!r}")
         entries[entry.name] = entry
+    _check_fallbacks(entries)
     return Catalog(entries=entries, path=path, routers=_parse_routers(data, entries))
 
 
@@ -210,6 +278,17 @@ def _parse_routers(
             raise ConfigError(f"{where}: candidates must all be remote (openai/anthropic) models")
         routers[router.name] = router
     return routers
+
+
+def _check_fallbacks(entries: Mapping[str, ModelEntry]) -> None:
+    for entry in entries.values():
+        for kind in ("fallbacks", "context_window_fallbacks"):
+            missing = [name for name in getattr(entry, kind) if name not in entries]
+            if missing:
+                raise ConfigError(
+                    f"models file: model {entry.name!r}: {kind} names unknown model(s) "
+                    f"{', '.join(map(repr, missing))}"
+                )
 
 
 def load_catalog(path: Path | None) -> Catalog:

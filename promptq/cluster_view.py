@@ -24,6 +24,7 @@ from promptq.constants import (
 )
 from promptq.db import Database
 from promptq.models import Batch, Job, JobStatus, utcnow
+from promptq.queues import delivery_queue
 
 __all__ = ["ClusterCollector", "ClusterSnapshot", "ClusterView", "queues_of"]
 
@@ -86,7 +87,8 @@ async def _read_redis(
     try:
         async with redis.pipeline(transaction=False) as pipe:
             for queue, step in keys:
-                pipe.llen(broker_list(queue, step))
+                # Interactive remote chunks travel on the remote workers' interactive queue.
+                pipe.llen(broker_list(delivery_queue(queue, step), step))
             pipe.hlen(BROKER_UNACKED_KEY)
             lengths = await pipe.execute()
     except Exception:  # Redis down: say so, keep the Postgres view

@@ -54,6 +54,20 @@ class Settings(BaseSettings):
     # Completion tokens reserved against a TPM limit or budget for a request that sets no
     # max_tokens/max_completion_tokens (settled with the real usage afterwards).
     default_completion_tokens: int = Field(default=1024, gt=0)
+    # Provider traffic: shared limits are paced per second and hold this many seconds of
+    # burst; they pace at `rate_limit_margin` of a declared limit; bulk work leaves
+    # `bulk_reserve` of each bucket to interactive work.
+    rate_limit_burst_seconds: float = Field(default=0.5, gt=0, le=60)
+    rate_limit_margin: float = Field(default=0.98, gt=0, le=1)
+    bulk_reserve: float = Field(default=0.2, ge=0, lt=1)
+    # Provider faults (5xx, timeouts, resets) a job may meet before it falls back or fails,
+    # retried with exponential backoff and jitter (retry_base_seconds .. retry_max_seconds).
+    # Waiting on rate limits, 429s and open circuits never counts against it.
+    fault_max_retries: int = Field(default=10, ge=0, le=1000)
+    # Circuit breakers: consecutive faults that open one, and its first cooldown.
+    breaker_failure_threshold: int = Field(default=5, ge=1)
+    breaker_cooldown_seconds: float = Field(default=2.0, gt=0)
+    breaker_cooldown_max_seconds: float = Field(default=15.0, gt=0)
     # Workers: a finished job waits up to this long for others to be stored with it in one
     # transaction, and a group holds at most this many jobs.
     result_flush_seconds: float = Field(default=0.005, ge=0, le=1)

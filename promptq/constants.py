@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BREAKER_PREFIX",
     "BROKER_EPOCH_KEY",
     "BROKER_PRIORITY_SEP",
     "BROKER_UNACKED_KEY",
@@ -10,6 +11,9 @@ __all__ = [
     "CACHE_PREFIX",
     "GPU_QUEUE_PREFIX",
     "PRIORITY_STEPS",
+    "RATE_LIMIT_PREFIX",
+    "RATE_SLOTS_PREFIX",
+    "REMOTE_INTERACTIVE_QUEUE",
     "REMOTE_QUEUE",
     "SEMANTIC_PREFIX",
     "TASK_RUN_CHUNK",
@@ -23,6 +27,9 @@ __all__ = [
 
 #: Queue of the remote workers (OpenAI-compatible and Anthropic providers).
 REMOTE_QUEUE = "promptq.remote"
+#: Interactive chunks for remote workers: a consumer of its own in each remote worker takes
+#: them, so they never wait behind Celery threads blocked admitting bulk chunks.
+REMOTE_INTERACTIVE_QUEUE = "promptq.remote.interactive"
 #: GPU queues are per model: a GPU worker loads one engine for one model.
 GPU_QUEUE_PREFIX = "promptq.gpu."
 #: The Celery task that runs a micro-batch (a chunk of job ids).
@@ -44,6 +51,12 @@ CACHE_PREFIX = "promptq:cache:"
 CACHE_LOCK_PREFIX = "promptq:cache-lock:"
 #: Semantic cache: per tenant, model and parameters, the embeddings of cached prompts.
 SEMANTIC_PREFIX = "promptq:semcache:"
+#: Per-deployment rate-limit state (a hash: buckets, pause, discovered limits).
+RATE_LIMIT_PREFIX = "promptq:rl:"
+#: Per-deployment requests in flight (a sorted set of slot ids scored by their expiry).
+RATE_SLOTS_PREFIX = "promptq:rl-slots:"
+#: Per-deployment circuit breaker state (a hash).
+BREAKER_PREFIX = "promptq:cb:"
 
 
 def gpu_queue(model: str) -> str:

@@ -344,6 +344,11 @@ class Job(Base):
     error_code: Mapped[str | None] = mapped_column(sa.String(64))
     error_message: Mapped[str | None] = mapped_column(sa.Text)
     error_status: Mapped[int | None] = mapped_column(sa.SmallInteger)
+    # Why a running job waits instead of calling its provider (rate_limited,
+    # circuit_open, ...); cleared when it goes on or ends.
+    waiting_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    # The model that actually served the job (a fallback's name when one served it).
+    served_by: Mapped[str | None] = mapped_column(sa.String(200))
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     # Cost control (promptq.budgets, promptq.cache): the key that submitted the job, the

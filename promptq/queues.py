@@ -4,12 +4,13 @@ batches and the dispatcher all ask it)."""
 from __future__ import annotations
 
 from promptq.catalog import Backend, ModelEntry
-from promptq.constants import PRIORITY_STEPS, REMOTE_QUEUE, gpu_queue
+from promptq.constants import PRIORITY_STEPS, REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, gpu_queue
 
 __all__ = [
     "BULK_BAND",
     "INTERACTIVE_BAND",
     "SUSPECT_AFTER_LOSSES",
+    "delivery_queue",
     "queue_for",
     "queue_step",
     "runs_alone",
@@ -45,3 +46,11 @@ def runs_alone(lost_count: int) -> bool:
     """Whether a queued job is sent (and run) alone: it was in flight at a worker loss
     at least SUSPECT_AFTER_LOSSES times."""
     return lost_count >= SUSPECT_AFTER_LOSSES
+
+
+def delivery_queue(queue: str, step: int) -> str:
+    """The queue a chunk is sent to: interactive remote chunks go to the remote workers'
+    own interactive consumer."""
+    if queue == REMOTE_QUEUE and step < BULK_BAND:
+        return REMOTE_INTERACTIVE_QUEUE
+    return queue

@@ -77,6 +77,11 @@ class JobOut(BaseModel):
     usage: Usage | None
     cost_usd: float | None
     ttft_ms: float | None
+    #: Why a running job waits instead of calling its provider: rate_limited,
+    #: circuit_open, concurrency (None when it is not waiting).
+    waiting_reason: str | None = None
+    #: The model that served the job (a fallback's name when one did).
+    served_by: str | None = None
     error: JobError | None
     metadata: dict[str, Any] | None
     cached: bool = False
@@ -109,6 +114,8 @@ def job_out(job: Job) -> JobOut:
         usage=usage,
         cost_usd=float(job.cost_usd) if job.cost_usd is not None else None,
         ttft_ms=job.ttft_ms,
+        waiting_reason=job.waiting_reason,
+        served_by=job.served_by,
         error=JobError(code=job.error_code, message=job.error_message or "")
         if job.error_code and not done
         else None,

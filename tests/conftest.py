@@ -91,6 +91,8 @@ def stack_env(pg_url: str, redis_url: str, models_file: Path, home: Path) -> dic
         "PROMPTQ_LEASE_SECONDS": "6",
         "PROMPTQ_VISIBILITY_TIMEOUT_SECONDS": "10",
         "PROMPTQ_MAX_ATTEMPTS": "4",
+        # Provider faults: a line failing 4 times in a row (500x4) ends failed.
+        "PROMPTQ_FAULT_MAX_RETRIES": "3",
         "SIM_PROVIDER_KEY": SIM_KEY,
         "PROMPTQ_LOG_LEVEL": "info",
         # Webhook receivers in tests listen on 127.0.0.1; retries are quick.

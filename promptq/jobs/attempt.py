@@ -90,6 +90,8 @@ class JobOutcome:
     # have cost.
     cached: bool = False
     saved_usd: Decimal | None = None
+    #: The model that served the attempt, when a fallback did (usage is priced at it).
+    served_by: str | None = None
 
 
 #: A finished attempt: the job as claimed and what the attempt produced.

@@ -37,6 +37,7 @@ __all__ = [
     "SUBMIT",
     "SUCCEED",
     "TRANSITIONS",
+    "WAIT",
     "Transition",
 ]
 
@@ -70,6 +71,12 @@ RESEND = Transition("resend", (Q,), Q, why="Redis lost its data: send every queu
 CLAIM = Transition("claim", (Q,), R, why="a worker takes the lease for one attempt")
 RENEW = Transition("renew", (R,), R, why="the worker's heartbeat extends its leases")
 RETRY = Transition("retry", (R,), R, why="a retryable error: the next attempt, same lease")
+WAIT = Transition(
+    "note_waiting",
+    (R,),
+    R,
+    why="the job waits for provider capacity or a closed circuit; no attempt is used",
+)
 SUCCEED = Transition("succeed", (R,), JobStatus.SUCCEEDED, "job.succeeded", why="a result")
 FAIL = Transition("fail", (R,), JobStatus.FAILED, "job.failed", why="a terminal error")
 RELEASE = Transition("release", (R,), Q, why="a clean shutdown hands the job back")
@@ -123,6 +130,7 @@ TRANSITIONS = (
     CLAIM,
     RENEW,
     RETRY,
+    WAIT,
     SUCCEED,
     FAIL,
     RELEASE,

@@ -38,6 +38,7 @@ from promptq.jobs.lifecycle import (
     RETRY,
     SUBMIT,
     SUCCEED,
+    WAIT,
     Transition,
 )
 from promptq.ledger import insert_usage_rows
@@ -50,6 +51,7 @@ __all__ = [
     "expire_lines",
     "insert_lines",
     "mark_enqueued",
+    "note_waiting",
     "record_failure",
     "record_finished",
     "record_success",
@@ -217,6 +219,23 @@ async def retry(
     return job.next_attempt()
 
 
+async def note_waiting(
+    session: AsyncSession, notes: Sequence[tuple[ClaimedJob, str | None]]
+) -> int:
+    """WAIT: show why running jobs wait (rate_limited, circuit_open ...) or, with None,
+    that they go on; one connection for all. Returns how many still held their lease.
+    Each row commits on its own: holding several row locks at once would deadlock with
+    the heartbeat, which renews the same rows in one statement."""
+    moved = 0
+    for job, reason in notes:
+        result = await session.execute(
+            _update(WAIT).where(_held(job)).values(waiting_reason=reason)
+        )
+        await session.commit()
+        moved += int(result.rowcount)  # type: ignore[attr-defined]
+    return moved
+
+
 async def release(session: AsyncSession, jobs: Sequence[ClaimedJob]) -> list[str]:
     """RELEASE: give unfinished jobs back to the queue (a clean shutdown); a hand-back is
     not a failed attempt. Returns the released ids (commits)."""
@@ -231,6 +250,7 @@ async def release(session: AsyncSession, jobs: Sequence[ClaimedJob]) -> list[str
                 lease_owner=None,
                 lease_expires_at=None,
                 enqueued_at=None,
+                waiting_reason=None,
             )
         )
         if (await session.execute(stmt)).rowcount == 1:  # type: ignore[attr-defined]
@@ -258,6 +278,7 @@ def _finishing(transition: Transition, columns: Sequence[str]) -> sa.Update:
             status=transition.target,
             lease_owner=None,
             lease_expires_at=None,
+            waiting_reason=None,
             **{c: _param(c) for c in columns},
         )
     )
@@ -274,6 +295,7 @@ _RESULT_COLUMNS = (
     "ttft_ms",
     "cached",
     "saved_usd",
+    "served_by",
 )
 _SUCCEED = _finishing(SUCCEED, (*_FINAL_COLUMNS, *_RESULT_COLUMNS))
 _FAIL = _finishing(FAIL, _FINAL_COLUMNS)
@@ -306,6 +328,7 @@ def _final_update(job: ClaimedJob, result: JobOutcome | JobFailure, now: datetim
         p_ttft_ms=result.ttft_ms,
         p_cached=result.cached,
         p_saved_usd=result.saved_usd,
+        p_served_by=result.served_by,
     )
     return _SUCCEED, params
 
@@ -316,7 +339,7 @@ def _ledger_row(job: ClaimedJob, outcome: JobOutcome, now: datetime) -> dict[str
         "attempt": job.attempt,
         "tenant": job.tenant,
         "batch_id": job.batch_id,
-        "model": job.model,
+        "model": outcome.served_by or job.model,
         "prompt_tokens": outcome.prompt_tokens,
         "completion_tokens": outcome.completion_tokens,
         "cost_usd": outcome.cost_usd,

@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from promptq.constants import TASK_RUN_CHUNK
 from promptq.jobs import mark_enqueued, resend
 from promptq.models import Job, JobStatus
-from promptq.queues import queue_step, runs_alone
+from promptq.queues import delivery_queue, queue_step, runs_alone
 
 __all__ = ["dispatch_queued", "publish", "publish_jobs"]
 
@@ -37,7 +37,7 @@ def publish(app: Celery, rows: Sequence[tuple[str, str, int, bool]], chunk_size:
                 app.send_task(
                     TASK_RUN_CHUNK,
                     args=[chunk, step, alone],
-                    queue=queue,
+                    queue=delivery_queue(queue, step),
                     priority=step,
                     producer=producer,
                 )

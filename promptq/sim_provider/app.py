@@ -1,4 +1,5 @@
-"""The Starlette app: the OpenAI and Anthropic routes, plus ``/_sim/`` stats and reset."""
+"""The Starlette app: the OpenAI and Anthropic routes, plus ``/_sim/`` stats, reset and
+config (limits and outage modes changed at run time)."""
 
 from __future__ import annotations
 
@@ -56,19 +57,34 @@ def build_app(config: SimConfig) -> Starlette:
         ]
         return JSONResponse({"object": "list", "data": data})
 
+    routes = [
+        sim.counted("/v1/chat/completions", "POST", chat_completions),
+        sim.counted("/v1/messages", "POST", messages),
+        sim.counted("/v1/models", "GET", models),
+        *_admin_routes(sim),
+    ]
+    return Starlette(routes=routes)
+
+
+def _admin_routes(sim: Simulator) -> list[Route]:
+    """The /_sim/ routes; not counted, so polling the stats does not change them."""
+
     async def stats(request: Request) -> Response:
+        return JSONResponse(sim.stats())
+
+    async def configure(request: Request) -> Response:
+        try:
+            sim.configure(await json_object(request))
+        except (SimError, TypeError, ValueError) as exc:
+            return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(sim.stats())
 
     async def reset(request: Request) -> Response:
         sim.reset()
         return JSONResponse(sim.stats())
 
-    routes = [
-        sim.counted("/v1/chat/completions", "POST", chat_completions),
-        sim.counted("/v1/messages", "POST", messages),
-        sim.counted("/v1/models", "GET", models),
-        # The /_sim/ routes are not counted, so polling the stats does not change them.
+    return [
         Route("/_sim/stats", stats, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
+        Route("/_sim/config", configure, methods=["POST"]),
     ]
-    return Starlette(routes=routes)

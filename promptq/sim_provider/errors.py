@@ -27,12 +27,14 @@ class SimError(Exception):
         *,
         param: str | None = None,
         retry_after: float | None = None,
+        kind: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.retry_after = retry_after
+        self.kind = kind  # a 429's limit: "requests" or "tokens"
 
 
 def simulated_error(status: int, retry_after: float, detail: str = "") -> SimError:

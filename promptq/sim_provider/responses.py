@@ -45,6 +45,8 @@ def _error_headers(exc: SimError) -> dict[str, str] | None:
 def openai_error(exc: SimError) -> JSONResponse:
     default_type = "server_error" if exc.status >= 500 else "invalid_request_error"
     error_type, code = _OPENAI_ERRORS.get(exc.status, (default_type, None))
+    if exc.kind is not None:
+        error_type = exc.kind
     error = {"message": exc.message, "type": error_type, "param": exc.param, "code": code}
     return JSONResponse({"error": error}, status_code=exc.status, headers=_error_headers(exc))
 

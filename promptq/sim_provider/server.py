@@ -31,6 +31,13 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retry-after", type=float, default=defaults.retry_after)
     parser.add_argument("--api-key", default=defaults.api_key)
     parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--rpm", type=int, default=None, help="enforced requests per minute")
+    parser.add_argument("--tpm", type=int, default=None, help="enforced tokens per minute")
+    parser.add_argument("--burst-seconds", type=float, default=defaults.burst_seconds)
+    parser.add_argument("--down-for", type=float, default=0.0, help="503 for the first N s")
+    parser.add_argument("--down-status", type=int, default=defaults.down_status)
+    parser.add_argument("--fail-status", type=int, default=None, help="always answer this")
+    parser.add_argument("--slow-ms", type=float, default=0.0, help="extra latency")
     return parser
 
 
@@ -47,6 +54,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             retry_after=args.retry_after,
             api_key=args.api_key,
             seed=args.seed,
+            rpm=args.rpm,
+            tpm=args.tpm,
+            burst_seconds=args.burst_seconds,
+            down_for=args.down_for,
+            down_status=args.down_status,
+            fail_status=args.fail_status,
+            slow_ms=args.slow_ms,
         )
     except ValueError as exc:
         parser.error(str(exc))

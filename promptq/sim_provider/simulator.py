@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import random
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -16,6 +17,8 @@ from starlette.routing import Route
 from promptq.sim_provider.config import SimConfig
 from promptq.sim_provider.directives import Directives, parse_directives
 from promptq.sim_provider.errors import SimError, simulated_error
+from promptq.sim_provider.limits import RateLimits
+from promptq.sim_provider.modes import Modes
 from promptq.sim_provider.prompts import Prompt
 from promptq.sim_provider.replies import Completion, generate
 
@@ -32,6 +35,15 @@ class Simulator:
     def reset(self) -> None:
         # Re-seeding makes the random failures after a reset repeat those of a fresh server.
         self._rng = random.Random(self.config.seed)
+        config = self.config
+        self.limits = RateLimits.build(config.rpm, config.tpm, config.burst_seconds)
+        self.modes = Modes(fail_status=config.fail_status, slow_ms=config.slow_ms)
+        if config.down_for:
+            self.modes.go_down(config.down_for, config.down_status)
+        self._tokens = 0
+        # When the first and the last completion were served: the rate a client achieved.
+        self._first_ok: float | None = None
+        self._last_ok: float | None = None
         self._attempts: dict[bytes, int] = {}
         self._total = 0
         self._by_endpoint: Counter[str] = Counter()
@@ -42,13 +54,38 @@ class Simulator:
             "total": self._total,
             "by_endpoint": dict(self._by_endpoint),
             "by_status": {str(status): n for status, n in sorted(self._by_status.items())},
+            "tokens": self._tokens,
+            "served_window_s": round(self._last_ok - self._first_ok, 4)
+            if self._first_ok is not None and self._last_ok is not None
+            else None,
+            "limits": {
+                "rpm": self.limits.requests.per_minute if self.limits.requests else None,
+                "tpm": self.limits.tokens.per_minute if self.limits.tokens else None,
+            },
+            "modes": self.modes.describe(),
         }
+
+    def configure(self, changes: dict[str, Any]) -> None:
+        """Change limits or outage modes at run time (the ``/_sim/config`` admin route)."""
+        if "rpm" in changes or "tpm" in changes:
+            rpm = changes.get(
+                "rpm", self.limits.requests.per_minute if self.limits.requests else None
+            )
+            tpm = changes.get("tpm", self.limits.tokens.per_minute if self.limits.tokens else None)
+            burst = float(changes.get("burst_seconds") or self.config.burst_seconds)
+            self.limits = RateLimits.build(rpm, tpm, burst)
+        self.modes.update(changes)
 
     def counted(self, path: str, method: str, handler: Handler) -> Route:
         """Route `path` to `handler`, counting each request and its response status."""
 
         async def endpoint(request: Request) -> Response:
             response = await handler(request)
+            response.headers.update(self.limits.headers())
+            if response.status_code == 200 and method == "POST":
+                now = time.monotonic()
+                self._first_ok = self._first_ok if self._first_ok is not None else now
+                self._last_ok = now
             self._total += 1
             self._by_endpoint[path] += 1
             self._by_status[response.status_code] += 1
@@ -65,13 +102,20 @@ class Simulator:
     async def complete(self, prompt: Prompt) -> Completion:
         """Apply the directives, faults and latency to a prompt, then generate its reply."""
         directives = parse_directives(prompt.texts)
+        outage = self.modes.fault()
+        if outage is not None:
+            raise outage
+        wanted = self.config.output_tokens if directives.tokens is None else directives.tokens
+        # Charged like OpenAI does: the prompt plus the most the reply may use.
+        charge = prompt.prompt_tokens + (prompt.max_tokens or wanted)
+        self.limits.admit(charge)
+        self._tokens += charge
         error = self._fault(prompt.key, directives)
-        delay = self.config.latency_ms / 1000 + directives.sleep
+        delay = (self.config.latency_ms + self.modes.slow_ms) / 1000 + directives.sleep
         if delay > 0:  # no sleep at all at zero latency: the benchmark path stays cheap
             await asyncio.sleep(delay)
         if error is not None:
             raise error
-        wanted = self.config.output_tokens if directives.tokens is None else directives.tokens
         return generate(prompt, wanted)
 
     def _fault(self, key: bytes, directives: Directives) -> SimError | None:

@@ -93,6 +93,7 @@ def engine_options(entry: ModelEntry, settings: Settings) -> EngineOptions:
         # Used only on vLLM's CPU backend; a GPU sizes its cache by gpu_memory_utilization.
         cpu_kvcache_gib=entry.cpu_kvcache_gib or default_cpu_kvcache_gib(),
         enforce_eager=entry.enforce_eager,
+        interactive_slots=entry.interactive_slots,
     )
 
 

@@ -19,13 +19,14 @@ from celery import Celery, signals
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import Catalog, ModelEntry, load_catalog
 from promptq.config import Settings
-from promptq.constants import REMOTE_QUEUE, TASK_RUN_CHUNK, gpu_queue
+from promptq.constants import REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, TASK_RUN_CHUNK, gpu_queue
 from promptq.errors import ConfigError
 from promptq.queues import BULK_BAND
 from promptq.workers.beacon import live_workers
 from promptq.workers.celery_app import make_celery
 from promptq.workers.completion import Backend
 from promptq.workers.gpu_worker import gpu_in_flight, make_gpu_backend
+from promptq.workers.interactive import InteractiveConsumer
 from promptq.workers.remote_worker import make_http_session, make_remote_backend
 from promptq.workers.runtime import WorkerRuntime
 from promptq.workers.side_tasks import BEATS_TO_LIVE, beat_interval
@@ -91,21 +92,30 @@ def serve(
     loglevel: str,
     burst: bool = False,
     preload: list[ModelEntry] | None = None,
+    interactive_queue: str | None = None,
 ) -> None:
     """Start the runtime, then consume `queues` until shutdown (or, with `burst`, run
-    their queued jobs until none is left). Exits non-zero if a side task died."""
+    their queued jobs until none is left). Exits non-zero if a side task died.
+    `interactive_queue` gets a consumer thread of its own (remote workers)."""
     runtime.start(preload)
+    interactive: InteractiveConsumer | None = None
     try:
         if burst:
-            counters = runtime.run_until_idle(queues)
+            counters = runtime.run_until_idle(queues)  # from Postgres: no broker queue
             log.info("worker.burst_done", owner=runtime.owner, **counters)
         else:
+            app = make_celery(settings)
+            if interactive_queue:
+                interactive = InteractiveConsumer(app, runtime, interactive_queue)
+                interactive.start()
             try:
-                _consume(make_celery(settings), runtime, queues, threads=threads, loglevel=loglevel)
+                _consume(app, runtime, queues, threads=threads, loglevel=loglevel)
             except SystemExit as exc:
                 if exc.code not in (0, None):
                     raise
     finally:
+        if interactive is not None:
+            interactive.stop()
         runtime.stop()
     if runtime.supervisor.death is not None:
         sys.exit(f"promptq worker stopped: {runtime.supervisor.death}")
@@ -137,6 +147,7 @@ def remote_runtime(
         max_in_flight=concurrency,
         on_stop=close_session,
         on_death=on_death,
+        traffic=True,
     )
 
 
@@ -146,7 +157,15 @@ def run_remote_worker(
     """Serve every openai/anthropic model of the models file, `concurrency` requests at once."""
     on_death = None if burst else _stop_this_process
     runtime = remote_runtime(settings, concurrency=concurrency, on_death=on_death)
-    serve(settings, runtime, [REMOTE_QUEUE], threads=2, loglevel=loglevel, burst=burst)
+    serve(
+        settings,
+        runtime,
+        [REMOTE_QUEUE],
+        threads=2,
+        loglevel=loglevel,
+        burst=burst,
+        interactive_queue=REMOTE_INTERACTIVE_QUEUE,
+    )
 
 
 def _gpu_entry(catalog: Catalog, model: str | None) -> ModelEntry:

@@ -27,20 +27,26 @@ from promptq.jobs import (
     release,
     retry,
 )
-from promptq.queues import BULK_BAND
+from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
 from promptq.retry import backoff_delay
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
+from promptq.workers.remote_worker import RemoteBackend
 from promptq.workers.result_writer import ResultWriter
 from promptq.workers.spending import LeaseLost, Paid, Spending, Ticket, mark
 from promptq.workers.supervisor import Supervisor
 from promptq.workers.telemetry import JobTelemetry, answer_outcome
+from promptq.workers.traffic import TrafficControl, TrafficJob, traffic_redis
+from promptq.workers.waiting import WaitingNotes
 
 __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 BackendFactory = Callable[[ModelEntry], Awaitable[Backend]]
+#: A provider call's end: the job (its attempt may have moved on), the answer or the error,
+#: and the model that served it; None when the lease was lost meanwhile.
+Called = tuple[ClaimedJob, Completion | AttemptError, ModelEntry] | None
 
 
 def has_room(
@@ -79,6 +85,7 @@ class WorkerRuntime:
         max_in_flight: int,
         on_stop: Callable[[], Awaitable[None]] | None = None,
         on_death: Callable[[str], None] | None = None,
+        traffic: bool = False,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -104,6 +111,10 @@ class WorkerRuntime:
         self._redis: aioredis.Redis | None = None
         self._results: ResultWriter | None = None
         self._spending: Spending | None = None
+        # Remote workers: shared rate limits, breakers and fallbacks around provider calls.
+        self._use_traffic = traffic
+        self.traffic: TrafficControl | None = None
+        self._waiting: WaitingNotes | None = None
         self.counters = {"claimed": 0, "succeeded": 0, "failed": 0, "retried": 0, "lost": 0}
         self.telemetry = JobTelemetry(settings, self.owner, events=settings.job_task_events)
 
@@ -174,6 +185,16 @@ class WorkerRuntime:
         )
         self._results.start()
         self._spending = Spending(self.settings, self.catalog, self._db)
+        if self._use_traffic:
+            redis = traffic_redis(self.settings.redis_url)
+            self.traffic = TrafficControl(
+                self.settings,
+                self.catalog,
+                redis,
+                self._remote_backend,
+                on_answer=self.telemetry.answered,
+            )
+            self._waiting = WaitingNotes(self._db)
         for entry in preload:
             await self._backend(entry)
         self.supervisor.watch("result_writer", self._results.task)
@@ -193,6 +214,11 @@ class WorkerRuntime:
         if backend is None:
             backend = await self._make_backend(entry)
             self._backends[entry.name] = backend
+        return backend
+
+    async def _remote_backend(self, entry: ModelEntry) -> RemoteBackend:
+        backend = await self._backend(entry)
+        assert isinstance(backend, RemoteBackend), f"{entry.name} is not a remote model"
         return backend
 
     @property
@@ -285,41 +311,40 @@ class WorkerRuntime:
             called = await self._reserve_and_call(current, entry, ticket)
             if called is None:
                 return  # the lease was lost: the job is someone else's now
-            current, result = called
+            current, result, served = called
             if isinstance(result, AttemptError):
                 if result.code != "budget_exceeded" and plan.escalates(step, "error"):
                     continue
                 await self._fail(current, result)
                 return
             response = result.extra.get("response") or chat_completion_body(
-                current.id, entry.name, result
+                current.id, served.name, result
             )
             await self.spending.remember(ticket, current, entry, result, response)
             if result.finish_reason == "length" and plan.escalates(step, "length"):
-                paid.add(entry, result)
+                paid.add(served, result)
                 continue
-            await self._succeed(current, entry, result, response, paid)
+            await self._succeed(current, served, result, response, paid)
             return
 
-    async def _reserve_and_call(
-        self, job: ClaimedJob, entry: ModelEntry, ticket: Ticket
-    ) -> tuple[ClaimedJob, Completion | AttemptError] | None:
+    async def _reserve_and_call(self, job: ClaimedJob, entry: ModelEntry, ticket: Ticket) -> Called:
         try:
             await self.spending.reserve(job, entry)
         except TerminalError as exc:
             await self.spending.abandon(ticket)
-            return job, exc
+            return job, exc, entry
         except LeaseLost:
             await self.spending.abandon(ticket)
             return None
-        called = await self._call(job, entry)
+        if self.traffic is not None:
+            called = await self._call_with_traffic(job, entry, self.traffic)
+        else:
+            called = await self._call(job, entry)
         if called is None or isinstance(called[1], AttemptError):
             await self.spending.abandon(ticket)
         return called
 
-    async def _call(
-        self, job: ClaimedJob, entry: ModelEntry
-    ) -> tuple[ClaimedJob, Completion | AttemptError] | None:
+    async def _call(self, job: ClaimedJob, entry: ModelEntry) -> Called:
         # The backend, retried with backoff up to the job's max attempts; None if the lease
         # was lost meanwhile.
         backend = await self._backend(entry)
@@ -331,25 +356,56 @@ class WorkerRuntime:
                 entry.name,
                 entry.upstream_name,
                 current.body,
-                current.priority,
+                # The queue step: the interactive band runs before bulk lines on the engine.
+                queue_step(current.priority, interactive=current.batch_id is None),
             )
             try:
                 completion = await backend.complete(request)
             except TerminalError as exc:
                 self.telemetry.answered(entry, "terminal_error")
-                return current, exc
+                return current, exc, entry
             except RetryableError as exc:
                 self.telemetry.answered(entry, answer_outcome(exc))
                 if current.attempt >= current.max_attempts:
                     message = f"{exc.message} (gave up after {current.attempt} attempts)"
-                    return current, RetryableError(exc.code, message, exc.provider_status)
+                    return current, RetryableError(exc.code, message, exc.provider_status), entry
                 nxt = await self._next_attempt(current, exc)
                 if nxt is None:
                     return None
                 current = nxt
                 continue
             self.telemetry.answered(entry, "ok")
-            return current, completion
+            return current, completion, entry
+
+    async def _call_with_traffic(
+        self, job: ClaimedJob, entry: ModelEntry, traffic: TrafficControl
+    ) -> Called:
+        """The provider call under traffic control: waiting for capacity, 429s and open
+        circuits cost no attempt; provider faults have their own budget inside
+        `traffic.run`, so an error here is final (attempts are left for worker crashes).
+        The served model may be one of `entry`'s fallbacks."""
+        waiting = self._waiting
+        assert waiting is not None
+
+        async def on_wait(reason: str | None) -> None:
+            waiting.note(job, reason)
+
+        interactive = job.batch_id is None
+        request = TrafficJob(
+            id=job.id,
+            attempt=job.attempt,
+            body=job.body,
+            priority=job.priority,
+            interactive=interactive,
+            band=INTERACTIVE_BAND if interactive else BULK_BAND,
+        )
+        try:
+            served = await traffic.run(request, entry, on_wait)
+        except (TerminalError, RetryableError) as exc:
+            return job, exc, entry
+        finally:
+            waiting.forget(job.id)
+        return job, served.completion, served.entry
 
     async def _next_attempt(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
         delay = backoff_delay(
@@ -376,6 +432,7 @@ class WorkerRuntime:
         response: dict[str, Any],
         paid: Paid,
     ) -> None:
+        # `entry` is the model that served the answer: usage is priced at it.
         outcome = JobOutcome(
             content=completion.content,
             finish_reason=completion.finish_reason,
@@ -385,6 +442,7 @@ class WorkerRuntime:
             + entry.cost(completion.prompt_tokens, completion.completion_tokens),
             response=mark(response, entry, paid, cached=False),
             ttft_ms=completion.ttft_ms,
+            served_by=entry.name,
         )
         await self._store(job, outcome)
 
@@ -429,6 +487,8 @@ class WorkerRuntime:
         for backend in self._backends.values():
             await backend.aclose()
         await self.spending.close()
+        if self.traffic is not None:
+            await self.traffic.aclose()
         if self._on_stop is not None:
             await self._on_stop()
         await self.redis.aclose()

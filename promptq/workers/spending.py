@@ -223,7 +223,11 @@ class Spending:
         the spend alone leaves too little; LeaseLost if the job was taken away."""
         if job.budget_id is None:
             return
-        amount = max_cost(entry, job.body, self.settings.default_completion_tokens)
+        # Traffic control may serve the job on a fallback: hold the most any of them costs.
+        amount = max(
+            max_cost(model, job.body, self.settings.default_completion_tokens)
+            for model in self._may_serve(entry)
+        )
         if amount <= 0:  # a model priced at zero never consumes budget
             return
         held = HeldJob(job.id, job.attempt, job.owner)
@@ -248,6 +252,10 @@ class Spending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), delay)
             delay = min(delay * 2, _WAIT_MAX)
+
+    def _may_serve(self, entry: ModelEntry) -> list[ModelEntry]:
+        names = [*entry.fallbacks, *entry.context_window_fallbacks]
+        return [entry, *(self.catalog[n] for n in names if n in self.catalog)]
 
     async def _try_reserve(self, held: HeldJob, budget_id: str, amount: Decimal) -> Reservation:
         # Asks for one budget are sent together: one transaction (and one connection) for

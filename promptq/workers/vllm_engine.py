@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import structlog
 
 from promptq.errors import RetryableError, TerminalError
 from promptq.metrics import ENGINE_REQUESTS
+from promptq.queues import BULK_BAND
 from promptq.workers.completion import Completion, JobRequest
 
 __all__ = ["DEFAULT_MAX_TOKENS", "EngineOptions", "VllmEngine"]
@@ -36,6 +38,9 @@ class EngineOptions:
     cpu_kvcache_gib: float | None = None  # KV cache size on vLLM's CPU backend
     seed: int = 0
     enforce_eager: bool = False
+    # Running slots bulk requests may not take, so an interactive request starts at once:
+    # vLLM preempts only under KV-cache pressure, never for priority alone.
+    interactive_slots: int = 2
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,8 @@ class VllmEngine:
         self._tokenizer: Any = engine.get_tokenizer()
         self._max_model_len = int(engine.model_config.max_model_len)
         self._max_num_seqs = int(engine.vllm_config.scheduler_config.max_num_seqs)
+        self._bulk_limit = max(1, self._max_num_seqs - options.interactive_slots)
+        self._bulk_slots = asyncio.Semaphore(self._bulk_limit)
 
     @classmethod
     async def start(cls, options: EngineOptions) -> VllmEngine:
@@ -86,6 +93,11 @@ class VllmEngine:
         return self._max_num_seqs
 
     @property
+    def bulk_slots(self) -> int:
+        """How many bulk requests the engine runs at once (the rest wait their turn here)."""
+        return self._bulk_limit
+
+    @property
     def max_model_len(self) -> int:
         """The longest prompt plus completion, in tokens, that the engine accepts."""
         return self._max_model_len
@@ -97,9 +109,15 @@ class VllmEngine:
         prompt_ids = self._prompt_ids(request.body)
         params = self._sampling_params(request.body, len(prompt_ids))
         request_id = f"{request.job_id}-{request.attempt}"
-        generated = await self._generate(
-            prompt_ids, params, request_id, request.priority, request.model
-        )
+        if request.priority < BULK_BAND:  # interactive: a slot is kept free for it
+            generated = await self._generate(
+                prompt_ids, params, request_id, request.priority, request.model
+            )
+        else:
+            async with self._bulk_slots:
+                generated = await self._generate(
+                    prompt_ids, params, request_id, request.priority, request.model
+                )
         return Completion(
             content=generated.text,
             finish_reason=generated.finish_reason,

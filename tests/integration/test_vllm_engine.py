@@ -109,7 +109,7 @@ def test_urgent_request_overtakes_the_bulk_backlog(
     assert bulk_before_urgent <= 30, f"{bulk_before_urgent} bulk requests finished first"
 
 
-async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
+async def _finish_order(engine: VllmEngine, bulk: int, min_tokens: int = 0) -> list[str]:
     """Run `bulk` low-priority requests and then one urgent one; return the finish order."""
     finished: list[str] = []
 
@@ -119,14 +119,21 @@ async def _finish_order(engine: VllmEngine, bulk: int) -> list[str]:
         return result
 
     bulk_jobs = [
-        job(f"bulk-{i}", f"Write a story about robot {i}.", 10, max_tokens=16 * (1 + i % 4))
+        job(
+            f"bulk-{i}",
+            f"Write a story about robot {i}.",
+            10,
+            max_tokens=min_tokens + 16 * (1 + i % 4),
+        )
         for i in range(bulk)
     ]
     backlog = [asyncio.create_task(run(request)) for request in bulk_jobs]
-    # Every bulk request is in the engine before the urgent one is submitted (polled: the
-    # engine's own count of unfinished requests; each poll yields to the requests' tasks).
+    # Every bulk request the engine takes is in it before the urgent one is submitted
+    # (polled: the engine's own count of unfinished requests; each poll yields to the
+    # requests' tasks). Bulk requests beyond `bulk_slots` wait in promptq, not in vLLM.
+    admitted = min(bulk, engine.bulk_slots)
     async with asyncio.timeout(60):
-        while engine._engine.get_num_unfinished_requests() < bulk:  # noqa: ASYNC110 (no event)
+        while engine._engine.get_num_unfinished_requests() < admitted:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
     urgent = await run(job("urgent", "Say hello.", priority=0, max_tokens=8))
     await asyncio.gather(*backlog)
@@ -163,3 +170,14 @@ def test_engine_requests_count_as_waiting_then_running(
     assert seen and max(w + r for w, r in seen) <= 3
     assert max(r for _, r in seen) >= 1
     assert gauges() == (0.0, 0.0)
+
+
+def test_an_interactive_request_starts_at_once_behind_a_full_engine(
+    runner: asyncio.Runner, engine: VllmEngine
+) -> None:
+    """Bulk requests never take the last `interactive_slots` running slots, so an
+    interactive request is admitted at the next engine step, not after a bulk one ends."""
+    # Given more bulk requests (steps >= 5) than running slots, all longer than it
+    finished = runner.run(_finish_order(engine, bulk=60, min_tokens=24))
+    # When an interactive request (step 0) arrives, then it is among the first to finish
+    assert finished.index("urgent") <= 2, finished[:5]

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from promptq.errors import RateLimited, RetryableError, TerminalError
+from promptq.scheduler.rate_headers import read_rate_headers
 from promptq.workers.remote_worker import _raise_for_status, _to_anthropic
 
 
@@ -22,7 +23,8 @@ def test_a_success_raises_nothing() -> None:
 
 def test_429_is_rate_limited_with_the_retry_after_in_seconds() -> None:
     with pytest.raises(RateLimited) as caught:
-        _raise_for_status(429, _error_body("slow down"), "Too Many Requests", "3")
+        signal = read_rate_headers({"retry-after": "3"})
+        _raise_for_status(429, _error_body("slow down"), "Too Many Requests", signal)
     error = caught.value
     assert (error.code, error.message, error.provider_status) == ("rate_limited", "slow down", 429)
     assert error.retry_after == 3.0
@@ -93,3 +95,18 @@ def test_max_completion_tokens_and_a_stop_list_are_accepted() -> None:
     }
     out = _to_anthropic(body, "claude-x")
     assert (out["max_tokens"], out["stop_sequences"]) == (32, ["A", "B"])
+
+
+def test_a_prompt_too_long_for_the_context_is_its_own_terminal_code() -> None:
+    # Then context_window_fallbacks can tell it from other refusals
+    body = json.dumps(
+        {
+            "error": {
+                "message": "This model's maximum context length is 8192 tokens.",
+                "code": "context_length_exceeded",
+            }
+        }
+    ).encode()
+    with pytest.raises(TerminalError) as caught:
+        _raise_for_status(400, body, "Bad Request")
+    assert (caught.value.code, caught.value.provider_status) == ("context_length_exceeded", 400)

@@ -1,6 +1,6 @@
 """cost control: budgets, reservations, cache hits, batch estimates
 
-Revision ID: 0003_cost_budgets
+Revision ID: 0006_cost_budgets
 Revises: 0005_hardening_lost_count
 Create Date: 2026-11-22 04:00:00
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0003_cost_budgets"
+revision = "0006_cost_budgets"
 down_revision = "0005_hardening_lost_count"
 branch_labels = None
 depends_on = None
