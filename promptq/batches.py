@@ -7,9 +7,7 @@ cancelled or expired). Their lines' job transitions are in promptq.jobs.transiti
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -19,7 +17,6 @@ from sqlalchemy.orm import QueryableAttribute
 
 from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest, model_not_found_message
-from promptq.formats import batch_error_line, batch_output_line
 from promptq.ids import new_id
 from promptq.jobs import JobErrorCode, cancel_lines, expire_lines, insert_lines
 from promptq.models import (
@@ -43,7 +40,6 @@ __all__ = [
     "expire_batch",
     "finalize_batch",
     "parse_window",
-    "stream_results",
 ]
 
 _WINDOW = re.compile(r"([0-9]{1,9})([smhd])")  # ASCII digits, few enough for int()
@@ -294,41 +290,3 @@ async def expire_batch(session: AsyncSession, batch: Batch) -> None:
     await expire_lines(session, batch.id)
     await session.commit()
     await finalize_batch(session, batch.id)
-
-
-async def stream_results(
-    session: AsyncSession, batch_id: str, purpose: FilePurpose
-) -> AsyncIterator[bytes]:
-    """The lines of a batch's output or error file, in input order, made from its jobs."""
-    wanted = (
-        Job.status == JobStatus.SUCCEEDED
-        if purpose is FilePurpose.BATCH_OUTPUT
-        else Job.status.in_([JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.EXPIRED])
-    )
-    stmt = (
-        sa.select(
-            Job.id,
-            Job.custom_id,
-            Job.response,
-            Job.status,
-            Job.error_code,
-            Job.error_message,
-            Job.error_status,
-        )
-        .where(Job.batch_id == batch_id, wanted)
-        .order_by(Job.line_no)
-        .execution_options(yield_per=1000)
-    )
-    result = await session.stream(stmt)
-    async for row in result:
-        if row.status == JobStatus.SUCCEEDED:
-            line = batch_output_line(row.id, row.custom_id, row.response or {})
-        else:
-            line = batch_error_line(
-                row.id,
-                row.custom_id,
-                row.error_code or "failed",
-                row.error_message or "",
-                row.error_status,
-            )
-        yield (json.dumps(line, separators=(",", ":")) + "\n").encode()
