@@ -26,7 +26,7 @@ from promptq.jobs import ClaimedJob, JobErrorCode, JobOutcome
 from promptq.router import NoRoute, plan_route
 from promptq.workers.completion import Completion
 
-__all__ = ["LeaseLost", "Paid", "Plan", "Spending", "Ticket"]
+__all__ = ["LeaseLost", "Paid", "Plan", "Spending", "Ticket", "mark", "may_serve"]
 
 log = structlog.get_logger(__name__)
 
@@ -226,7 +226,7 @@ class Spending:
         # Traffic control may serve the job on a fallback: hold the most any of them costs.
         amount = max(
             max_cost(model, job.body, self.settings.default_completion_tokens)
-            for model in self._may_serve(entry)
+            for model in may_serve(self.catalog, entry)
         )
         if amount <= 0:  # a model priced at zero never consumes budget
             return
@@ -252,10 +252,6 @@ class Spending:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settled.wait(), delay)
             delay = min(delay * 2, _WAIT_MAX)
-
-    def _may_serve(self, entry: ModelEntry) -> list[ModelEntry]:
-        names = [*entry.fallbacks, *entry.context_window_fallbacks]
-        return [entry, *(self.catalog[n] for n in names if n in self.catalog)]
 
     async def _try_reserve(self, held: HeldJob, budget_id: str, amount: Decimal) -> Reservation:
         # Asks for one budget are sent together: one transaction (and one connection) for
@@ -329,6 +325,13 @@ class Spending:
                     await settle(session, sorted(ids))
         await self._redis.aclose()
         await self._redis.connection_pool.disconnect()
+
+
+def may_serve(catalog: Catalog, entry: ModelEntry) -> list[ModelEntry]:
+    """`entry` and the models traffic control may serve its jobs on instead (fallbacks and
+    context-window fallbacks): a budget reservation holds the most any of them costs."""
+    names = [*entry.fallbacks, *entry.context_window_fallbacks]
+    return [entry, *(catalog[name] for name in names if name in catalog)]
 
 
 def mark(
