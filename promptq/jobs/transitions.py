@@ -187,11 +187,17 @@ async def claim(
     return [ClaimedJob.claimed(row, owner) for row in rows]
 
 
-async def renew(session: AsyncSession, owner: str, lease_seconds: float) -> int:
-    """RENEW: the heartbeat extends the lease of every job `owner` is running (commits)."""
+async def renew(
+    session: AsyncSession, owner: str, job_ids: Sequence[str], lease_seconds: float
+) -> int:
+    """RENEW: the heartbeat extends the leases `owner` holds on `job_ids`, the jobs it is
+    still running (commits). A job whose task ended without storing a result (a bug) is
+    not among them: its lease runs out and the sweeper gives it another attempt."""
+    if not job_ids:
+        return 0
     result = await session.execute(
         _update(RENEW)
-        .where(_JOBS.c.lease_owner == owner)
+        .where(_JOBS.c.lease_owner == owner, _JOBS.c.id.in_(list(job_ids)))
         .values(lease_expires_at=utcnow() + timedelta(seconds=lease_seconds))
     )
     await session.commit()

@@ -157,6 +157,11 @@ class WorkerRuntime:
         return len(self._running)
 
     @property
+    def running_ids(self) -> list[str]:
+        """The jobs this process is running now, whose leases the heartbeat renews."""
+        return list(self._running)
+
+    @property
     def heartbeat_seconds(self) -> float:
         """How often leases are renewed and the worker's record in Redis is refreshed."""
         return side_tasks.beat_interval(self.settings)

@@ -42,10 +42,13 @@ async def heartbeat(runtime: WorkerRuntime) -> None:
     (leases outlive several beats); anything else ends the task, and the worker."""
     while True:
         renewed = 0
-        if runtime.in_flight:
+        running = runtime.running_ids
+        if running:
             try:
                 async with runtime.db.session() as session:
-                    renewed = await renew(session, runtime.owner, runtime.settings.lease_seconds)
+                    renewed = await renew(
+                        session, runtime.owner, running, runtime.settings.lease_seconds
+                    )
             except (OSError, sa.exc.SQLAlchemyError):
                 log.exception("worker.heartbeat_failed", owner=runtime.owner)
         snapshot = runtime.snapshot()

@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from promptq.db import Database
-from promptq.jobs import cancel, claim, record_failure, record_success, retry
+from promptq.jobs import cancel, claim, record_failure, record_success, renew, retry
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
 from tests.factories import OUTCOME, add_jobs, get_job
 
@@ -28,6 +28,24 @@ async def test_a_job_is_claimed_once_even_if_its_message_comes_twice(db: Databas
         second = await claim(session, ["job_1"], "w2", 60)
     assert [j.id for j in first] == ["job_1"] and second == []
     assert (await get_job(db)).attempts == 1
+
+
+async def test_the_heartbeat_renews_only_the_jobs_the_worker_still_runs(db: Database) -> None:
+    # Given two jobs claimed by w1 with short leases, one of whose tasks has ended (a bug)
+    await add_jobs(db, "job_1", "job_2")
+    async with db.session() as session:
+        await claim(session, ["job_1", "job_2"], "w1", 1)
+        # When the heartbeat renews the one still running
+        renewed = await renew(session, "w1", ["job_1"], 600)
+    # Then only its lease is extended; the other runs out and the sweeper re-queues it
+    async with db.session() as session:
+        leases = dict(
+            (await session.execute(sa.select(Job.id, Job.lease_expires_at))).tuples().all()
+        )
+    assert renewed == 1
+    soon = utcnow() + timedelta(seconds=60)
+    assert leases["job_1"] is not None and leases["job_1"] > soon
+    assert leases["job_2"] is not None and leases["job_2"] < soon
 
 
 async def test_a_duplicate_result_adds_no_second_ledger_row(db: Database) -> None:
