@@ -30,15 +30,16 @@ class WaitExpired(Exception):
     """The caller's deadline passed while it waited for capacity."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Permit:
-    """One admitted call: its slot and the tokens reserved for it."""
+    """One admitted call: its slot and the tokens reserved for it; settled once."""
 
     limits: DeploymentLimits
     slot_id: str
     reserved: int
     #: Admitted by this process's own slow start, not by Redis (see `acquire_local`).
     local: bool = False
+    settled: bool = False
 
 
 @dataclass(order=True)
@@ -214,7 +215,11 @@ class AdmissionGate:
         return Permit(limits, "", 0, local=True)
 
     async def settle(self, permit: Permit, used_tokens: int | None) -> None:
-        """Give back the slot and the tokens the call did not use (None: none used)."""
+        """Give back the slot and the tokens the call did not use (None: none used); a
+        permit already settled is left alone."""
+        if permit.settled:
+            return
+        permit.settled = True
         if permit.local:
             self._local[permit.limits.key].leave(ok=used_tokens is not None)
             return

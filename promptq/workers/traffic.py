@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 
 from promptq.catalog import Catalog, Deployment, ModelEntry
 from promptq.config import Settings
@@ -180,19 +181,33 @@ class TrafficControl:
             if deployment is None:
                 await self._circuit_open(report, may_fall_back)
                 continue
-            permit = await self._admit(job, model, deployment, report)
-            gate = await self._allow(str(deployment.name))
-            if not gate.allowed:  # opened while we waited for capacity
-                await self.gate.settle(permit, None)
-                await self._circuit_open(report, may_fall_back, gate.wait)
-                continue
+            # The call's permit (replaced when a 429 sends it back to admission); whatever
+            # ends the call, a crash or a cancel included, gives it back, so this process's
+            # slow start and lanes never leak capacity.
+            held = [await self._admit(job, model, deployment, report)]
             try:
-                completion = await self._call(job, model, deployment, permit, report, gate.probe)
-            except RetryableError as exc:
-                faults += 1
-                await self._fault(job, model, exc, faults, may_fall_back)
-                continue
-            return Served(completion, model, str(deployment.name))
+                gate = await self._allow(str(deployment.name))
+                if not gate.allowed:  # opened while we waited for capacity
+                    await self.gate.settle(held[0], None)
+                    await self._circuit_open(report, may_fall_back, gate.wait)
+                    continue
+                try:
+                    completion = await self._call(job, model, deployment, held, report, gate.probe)
+                except RetryableError as exc:
+                    faults += 1
+                    await self._fault(job, model, exc, faults, may_fall_back)
+                    continue
+                return Served(completion, model, str(deployment.name))
+            finally:
+                await self._give_back(held[0])
+
+    async def _give_back(self, permit: Permit) -> None:
+        if permit.settled:
+            return
+        try:
+            await self.gate.settle(permit, None)
+        except Exception:  # Redis down: its slot expires by its TTL there
+            log.warning("rate_limit.settle_failed", slot=permit.slot_id, exc_info=True)
 
     async def _admit(
         self, job: TrafficJob, model: ModelEntry, deployment: Deployment, report: _Reporter
@@ -225,7 +240,7 @@ class TrafficControl:
         job: TrafficJob,
         model: ModelEntry,
         deployment: Deployment,
-        permit: Permit,
+        held: list[Permit],
         report: _Reporter,
         probe: bool,
     ) -> Completion:
@@ -237,6 +252,7 @@ class TrafficControl:
         key = str(deployment.name)
         self.counters["calls"] += 1
         while True:
+            permit = held[0]
             try:
                 completion = await backend.complete_via(deployment, request)
             except ProviderRateLimited as exc:
@@ -249,7 +265,7 @@ class TrafficControl:
                     permit.limits, exc.signal, limited=True, in_flight=hint
                 )
                 log.info("job.rate_limited", job_id=job.id, deployment=key, pause=pause)
-                permit = await self._admit(job, model, deployment, report)
+                held[0] = await self._admit(job, model, deployment, report)
                 continue
             except TerminalError:
                 self._on_answer(model, "terminal_error")
@@ -284,7 +300,11 @@ class TrafficControl:
         # that long of calls go to a deployment another process has just opened.
         if time.monotonic() < self._closed_until.get(key, 0.0):
             return _GO
-        gate = await self.breaker.allow(key)
+        try:
+            gate = await self.breaker.allow(key)
+        except RedisError:  # the shared state is out of reach: the provider itself decides
+            log.warning("breaker.redis_error", deployment=key, exc_info=True)
+            return _GO
         if gate.allowed and not gate.probe:
             self._closed_until[key] = time.monotonic() + _CLOSED_CACHE
         return gate

@@ -77,6 +77,10 @@ def cluster(tmp_path: Path, log_dir: Path) -> Iterator[Cluster]:
         sim_url = "http://127.0.0.1:9200"
         env = stack_env(pg.url, redis_url, _models_file(tmp_path / "m.toml", sim_url), tmp_path)
         env["PROMPTQ_REQUEST_TIMEOUT_SECONDS"] = "5"
+        # An unplugged host's Redis connection is half-open: a BRPOP it sent before the link
+        # went down still takes a message, which then goes nowhere. The sweeper re-sends a
+        # job queued this long without a claim (30 min by default; short here).
+        env["PROMPTQ_REQUEUE_AFTER_SECONDS"] = "20"
         children.append(
             api.promptq("api", ["api", "--host", api.address, "--port", "8000"], env, log_dir)
         )

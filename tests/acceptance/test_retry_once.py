@@ -19,11 +19,12 @@ LINES = 12
 
 
 def _failed_batch(client: httpx.Client, tmp_path: Path, name: str) -> dict[str, Any]:
-    """A started batch whose 12 lines fail 4 times each (so end failed) and then succeed;
-    every attempt takes 2 s, so a retry stays open long enough to be raced."""
+    """A started batch whose 12 lines are refused once (a terminal 400, so they end failed;
+    provider faults would wait behind the circuit breaker instead) and then succeed; every
+    call takes 2 s, so a retry stays open long enough to be raced."""
     token = secrets.token_hex(4)
     lines = [
-        chat_line(f"{name}-{i}", f"{token} {i} [[sim:fail=500x4]] [[sim:sleep=2]]")
+        chat_line(f"{name}-{i}", f"{token} {i} [[sim:fail=400x1]] [[sim:sleep=2]]")
         for i in range(LINES)
     ]
     return upload_and_run(client, write_jsonl(tmp_path / f"{name}.jsonl", lines))
