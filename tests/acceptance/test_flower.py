@@ -185,13 +185,18 @@ def test_a_failed_job_is_listed_as_failed_in_the_browser(
         # Then it says FAILURE, with the model as the task's name
         wait.until(lambda _: "FAILURE" in row.text)
         assert "sim-gpt" in row.text, row.text
-        # And the broker page counts the idle GPU queue's 3 messages over every step
+        # And the broker page counts the idle GPU model's 3 messages over every step: step 7
+        # on its queue, steps 0 and 3 on its interactive queue
         browser.get(f"{watched.flower_url}/broker")
-        queue_row = wait.until(
-            ec.presence_of_element_located(
-                (By.XPATH, f"//tr[td[contains(., '{gpu_queue(IDLE_GPU_MODEL)}')]]")
+        for queue, count in (
+            (gpu_queue(IDLE_GPU_MODEL), "1"),
+            (gpu_interactive_queue(IDLE_GPU_MODEL), "2"),
+        ):
+            queue_row = wait.until(
+                ec.presence_of_element_located((By.XPATH, f"//tr[td[contains(., '{queue}')]]"))
             )
-        )
-        assert queue_row.find_elements(By.TAG_NAME, "td")[1].text.strip() == "3", queue_row.text
+            assert queue_row.find_elements(By.TAG_NAME, "td")[1].text.strip() == count, (
+                queue_row.text
+            )
     finally:
         browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})
