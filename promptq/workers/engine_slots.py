@@ -58,13 +58,11 @@ class EngineSlots:
     async def acquire(self, running: Running, *, first: bool = False) -> None:
         """Wait for a bulk slot; `first` puts a preempted request ahead of every other."""
         running.order = next(self._order)
-        if not self._waiting and self._room() > 0:
-            self._bulk[running.request_id] = running
-            return
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(
             self._waiting, (0 if first else 1, running.priority, running.order, future, running)
         )
+        self._wake()
         try:
             await future
         except asyncio.CancelledError:
@@ -72,9 +70,10 @@ class EngineSlots:
                 self.release(running)
             raise
 
-    def release(self, running: Running) -> None:
-        """Give a bulk slot back (also after a preemption)."""
-        if self._bulk.pop(running.request_id, None) is not None:
+    def release(self, running: Running, *, wake: bool = True) -> None:
+        """Give a bulk slot back. A preempted request gives it back with `wake` False and
+        asks again at once (`acquire(first=True)`), so no other request takes its turn."""
+        if self._bulk.pop(running.request_id, None) is not None and wake:
             self._wake()
 
     def enter_interactive(self, job_id: str) -> Running | None:

@@ -142,11 +142,18 @@ class VllmEngine:
         victim = self._slots.enter_interactive(request.job_id)
         try:
             if victim is not None:
-                # Before submitting, so vLLM's next step has the slot free for this request.
-                await self._engine.abort(victim.request_id)
+                await self._preempt(victim)
             return await self._generate(prompt_ids, params, request_id, request)
         finally:
             self._slots.exit_interactive()
+
+    async def _preempt(self, victim: Running) -> None:
+        """Abort `victim` before submitting the interactive request, so that vLLM's next step
+        has its slot free; the victim's own stream then ends and it queues again."""
+        try:
+            await self._engine.abort(victim.request_id)
+        except Exception:  # a dead engine fails the interactive request itself, next
+            log.warning("vllm_engine.abort_failed", request_id=victim.request_id, exc_info=True)
 
     async def _bulk(
         self, request: JobRequest, prompt_ids: list[int], params: Any
@@ -162,22 +169,16 @@ class VllmEngine:
                 generated = await self._generate(
                     prompt_ids, params, running.request_id, request, running
                 )
-                return running.request_id, generated, preemptions
             except _Preempted as preempted:
+                self._slots.release(running, wake=False)  # its next run asks first, below
                 preemptions += 1
-                PREEMPTED.labels(request.model).inc()
-                PREEMPTED_TOKENS.labels(request.model).inc(preempted.tokens)
-                log.info(
-                    "job.preempted",
-                    job_id=request.job_id,
-                    attempt=request.attempt,
-                    model=request.model,
-                    priority=request.priority,
-                    wasted_tokens=preempted.tokens,
-                    preempted_for=running.preempted_for,
-                )
-            finally:
+                _count_preemption(request, running, preempted.tokens)
+                continue
+            except BaseException:
                 self._slots.release(running)
+                raise
+            self._slots.release(running)
+            return running.request_id, generated, preemptions
 
     async def aclose(self) -> None:
         """Stop the engine process; safe to call twice."""
@@ -271,6 +272,20 @@ class VllmEngine:
         if finish in (None, "abort", "error"):
             raise RetryableError("engine_error", f"The engine ended the request ({finish}).")
         return _Generated("".join(parts), token_count, str(finish), ttft_ms, cached)
+
+
+def _count_preemption(request: JobRequest, running: Running, tokens: int) -> None:
+    PREEMPTED.labels(request.model).inc()
+    PREEMPTED_TOKENS.labels(request.model).inc(tokens)
+    log.info(
+        "job.preempted",
+        job_id=request.job_id,
+        attempt=request.attempt,
+        model=request.model,
+        priority=request.priority,
+        wasted_tokens=tokens,
+        preempted_for=running.preempted_for,
+    )
 
 
 def _engine_args(options: EngineOptions) -> Any:

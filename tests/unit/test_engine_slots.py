@@ -101,3 +101,29 @@ def test_a_cancelled_waiter_gives_its_turn_to_the_next() -> None:
         return slots.running_bulk, [kept.request_id]
 
     assert asyncio.run(scenario()) == (1, ["kept"])
+
+
+def test_a_preempted_request_keeps_its_turn_when_a_slot_is_already_free() -> None:
+    async def scenario() -> list[str]:
+        slots = EngineSlots(max_num_seqs=2, interactive_slots=0, preempt=True)
+        _, victim = await _fill(slots, 2)
+        admitted: list[str] = []
+
+        async def wait(record: Running) -> None:
+            await slots.acquire(record)
+            admitted.append(record.request_id)
+
+        other = asyncio.create_task(wait(Running("other", 1)))
+        await asyncio.sleep(0)
+        assert slots.enter_interactive("urgent") is victim
+        slots.exit_interactive()  # the interactive request ended before the abort landed
+        slots.release(victim, wake=False)
+        # (bounded: were the slot given to the other request, this would wait for ever)
+        await asyncio.wait_for(slots.acquire(Running("bulk-1-p1", 10), first=True), 5)
+        admitted.append("bulk-1-p1")
+        await asyncio.sleep(0)
+        other.cancel()
+        return admitted
+
+    # Then the re-run takes the free slot, not the better-priority request waiting for it
+    assert asyncio.run(scenario()) == ["bulk-1-p1"]
