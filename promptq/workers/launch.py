@@ -19,7 +19,13 @@ from celery import Celery, signals
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import Catalog, ModelEntry, load_catalog
 from promptq.config import Settings
-from promptq.constants import REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, TASK_RUN_CHUNK, gpu_queue
+from promptq.constants import (
+    REMOTE_INTERACTIVE_QUEUE,
+    REMOTE_QUEUE,
+    TASK_RUN_CHUNK,
+    gpu_interactive_queue,
+    gpu_queue,
+)
 from promptq.errors import ConfigError
 from promptq.queues import BULK_BAND
 from promptq.workers.beacon import live_workers
@@ -96,7 +102,7 @@ def serve(
 ) -> None:
     """Start the runtime, then consume `queues` until shutdown (or, with `burst`, run
     their queued jobs until none is left). Exits non-zero if a side task died.
-    `interactive_queue` gets a consumer thread of its own (remote workers)."""
+    `interactive_queue` gets a consumer thread of its own."""
     runtime.start(preload)
     interactive: InteractiveConsumer | None = None
     try:
@@ -193,9 +199,19 @@ def run_gpu_worker(
     )
     # One thread: each message is admitted when the engine has room, then acked, so the
     # next message taken from Redis is always the most urgent one waiting. The engine
-    # loads (preload) before the first message is taken.
+    # loads (preload) before the first message is taken. Interactive chunks come on a queue
+    # of their own, whose consumer admits them at once: that thread is often blocked.
     queues = [gpu_queue(entry.name)]
-    serve(settings, runtime, queues, threads=1, loglevel=loglevel, burst=burst, preload=[entry])
+    serve(
+        settings,
+        runtime,
+        queues,
+        threads=1,
+        loglevel=loglevel,
+        burst=burst,
+        preload=[entry],
+        interactive_queue=gpu_interactive_queue(entry.name),
+    )
 
 
 def check_workers(settings: Settings, kind: str) -> int:
