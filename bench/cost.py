@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from common import (
+    Child,
     CpuMeter,
-    Proc,
     api_client,
     create_batch,
     free_port,
@@ -77,7 +77,7 @@ def start_services(stack: ExitStack, log_dir: Path, work_dir: Path) -> Services:
     db_url = stack.enter_context(temp_database(prefix="bench_cost"))
     redis_proc, redis_port = start_redis(stack, log_dir)
     sim_port = free_port()
-    sim = spawn(stack, Proc.promptq("sim", ["sim-provider", "--port", str(sim_port)], {}, log_dir))
+    sim = spawn(stack, Child.promptq("sim", ["sim-provider", "--port", str(sim_port)], {}, log_dir))
     sim_url = f"http://127.0.0.1:{sim_port}"
     wait_http(f"{sim_url}/v1/models")
     env = {
@@ -136,7 +136,7 @@ def set_budget(svc: Services, key_name: str, usd: Decimal) -> None:
 
 
 def run_batch(
-    svc: Services, url: str, key: str, path: Path, procs: dict[str, Proc]
+    svc: Services, url: str, key: str, path: Path, procs: dict[str, Child]
 ) -> dict[str, Any]:
     with api_client(url, key) as client:
         file_id, _ = upload(client, path)
@@ -166,7 +166,7 @@ def run_batch(
 
 def deployment(
     stack: ExitStack, svc: Services, workers: int, concurrency: int
-) -> tuple[str, dict[str, Proc]]:
+) -> tuple[str, dict[str, Child]]:
     api, url = start_api(stack, svc, "api")
     procs = {"api": api}
     for name in worker_names(workers):
