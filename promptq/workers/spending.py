@@ -24,6 +24,7 @@ from promptq.db import Database
 from promptq.errors import TerminalError, model_not_found_message
 from promptq.jobs import ClaimedJob, JobErrorCode, JobOutcome
 from promptq.router import NoRoute, plan_route
+from promptq.scheduler.health import ModelHealth
 from promptq.workers.completion import Completion
 
 __all__ = ["LeaseLost", "Paid", "Plan", "Spending", "Ticket", "mark", "may_serve"]
@@ -81,10 +82,18 @@ class Ticket:
 class Spending:
     """One per worker process, on the runtime's loop."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, db: Database) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        db: Database,
+        health: ModelHealth | None = None,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.db = db
+        # Traffic control's view of which models can take a call now (remote workers).
+        self.health = health
         # Callers wait for a pooled connection rather than fail when hundreds of jobs
         # look up the cache at once.
         self._redis = aioredis.Redis(
@@ -108,17 +117,27 @@ class Spending:
         self.counters = {"cache_hits": 0, "budget_waits": 0, "budget_exceeded": 0, "settled": 0}
 
     # -- routing ------------------------------------------------------------------------
-    def plan(self, job: ClaimedJob) -> Plan:
-        """The models that may serve `job`; TerminalError if none can."""
+    async def plan(self, job: ClaimedJob) -> Plan:
+        """The models that may serve `job`; TerminalError if none can. A router's
+        candidates that are unhealthy or out of capacity now come last."""
         entry = self.catalog.get(job.model)
         if entry is not None:
             return Plan([entry])
         router = self.catalog.routers.get(job.model)
         if router is None:
             raise TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
+        ready: set[str] | None = None
+        if self.health is not None:
+            candidates = (self.catalog[name] for name in router.candidates)
+            ready = await self.health.ready_among(candidates)
         try:
             route = plan_route(
-                self.catalog, router, job.body, job.task, self.settings.default_completion_tokens
+                self.catalog,
+                router,
+                job.body,
+                job.task,
+                self.settings.default_completion_tokens,
+                healthy=(lambda _: True) if ready is None else (lambda e: e.name in ready),
             )
         except NoRoute as exc:
             raise TerminalError(JobErrorCode.NO_MODEL_FITS, exc.message) from None
