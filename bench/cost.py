@@ -141,7 +141,7 @@ def run_batch(
     with api_client(url, key) as client:
         file_id, _ = upload(client, path)
         before = upstream_calls(svc)
-        meter = CpuMeter(procs)
+        meter = CpuMeter({**svc.procs, **procs})
         start = time.perf_counter()
         batch, _ = create_batch(client, file_id)
         done = wait_batch(client, batch["id"], 900, procs)
@@ -160,6 +160,7 @@ def run_batch(
         "worker_cpu_ms_per_prompt": round(
             sum(v for k, v in cpu.items() if k.startswith("worker")) * 1000 / lines, 2
         ),
+        "cpu_ms_per_prompt": {k: round(v * 1000 / lines, 3) for k, v in cpu.items()},
         "batch_id": done["id"],
     }
 
