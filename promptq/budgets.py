@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.catalog import ModelEntry
@@ -50,6 +51,7 @@ __all__ = [
     "reserve_many",
     "set_budget",
     "settle",
+    "settle_ended",
     "spent_now",
 ]
 
@@ -249,13 +251,21 @@ async def reserve(
 async def reserve_many(
     session: AsyncSession, budget_id: str, asks: Sequence[Ask]
 ) -> list[Reservation]:
-    """Hold money for running jobs against one budget, atomically, in the order asked: the
-    budget row is locked, the asks that fit are granted, and one guarded UPDATE (`spent +
-    reserved + total <= budget`) adds them, with the jobs' reservation rows, in one
-    transaction. One transaction serves many jobs: a worker sends all that are waiting."""
+    """Hold money for running jobs against one budget, atomically, in the order asked: one
+    guarded UPDATE (`spent + reserved + total <= budget`) adds them all, with the jobs'
+    reservation rows, in one transaction; if they do not all fit, the budget row is locked
+    and the asks that fit are granted in order. One transaction serves many jobs: a worker
+    sends all that are waiting."""
     now = utcnow()
     b = _BUDGETS.c
     held = await _held_jobs(session, [a.job for a in asks])
+    mine = [a for a in asks if a.job in held]
+    # The common case first: everything fits, one guarded UPDATE and no locked read.
+    if mine and await _add_reserved(session, budget_id, mine, now):
+        await _hold(session, budget_id, mine, now)
+        await session.commit()
+        return [Reservation.RESERVED if a.job in held else Reservation.LOST for a in asks]
+    # Not all fit: under the budget row's lock, grant in order the asks that do.
     row = (
         await session.execute(
             sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd, b.reserved_usd)
@@ -287,7 +297,21 @@ async def reserve_many(
     if not granted:
         await session.rollback()
         return outcomes
-    total = sum((a.amount for a in granted), _ZERO)
+    if not await _add_reserved(session, budget_id, granted, now):  # not under the row lock
+        await session.rollback()
+        return [Reservation.WAIT if o is Reservation.RESERVED else o for o in outcomes]
+    await _hold(session, budget_id, granted, now)
+    await session.commit()
+    return outcomes
+
+
+async def _add_reserved(
+    session: AsyncSession, budget_id: str, asks: Sequence[Ask], now: datetime
+) -> bool:
+    # The guarded UPDATE that holds the asks' total: spend and reservations never pass the
+    # budget, however many transactions run it at once. False if it would.
+    b = _BUDGETS.c
+    total = sum((a.amount for a in asks), _ZERO)
     got = await session.execute(
         sa.update(_BUDGETS)
         .where(
@@ -304,12 +328,7 @@ async def reserve_many(
             updated_at=now,
         )
     )
-    if got.rowcount != 1:  # type: ignore[attr-defined]  # cannot happen under the row lock
-        await session.rollback()
-        return [Reservation.WAIT if o is Reservation.RESERVED else o for o in outcomes]
-    await _hold(session, budget_id, granted, now)
-    await session.commit()
-    return outcomes
+    return bool(got.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def _held_jobs(session: AsyncSession, jobs: Sequence[HeldJob]) -> set[HeldJob]:
@@ -324,24 +343,22 @@ async def _held_jobs(session: AsyncSession, jobs: Sequence[HeldJob]) -> set[Held
 
 
 async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
-    # The jobs' reservation rows: a job asking again (escalation) tops its row up.
+    # The jobs' reservation rows, in one statement: a job asking again (escalation) tops
+    # its row up.
     r = _RESERVATIONS.c
-    ids = [a.job.id for a in granted]
-    existing = set((await session.execute(sa.select(r.job_id).where(r.job_id.in_(ids)))).scalars())
-    fresh = [
+    rows = [
         {"job_id": a.job.id, "budget_id": budget_id, "amount_usd": a.amount, "created_at": now}
         for a in granted
-        if a.job.id not in existing
     ]
-    if fresh:
-        await session.execute(sa.insert(_RESERVATIONS), fresh)
-    for ask in granted:
-        if ask.job.id in existing:
-            await session.execute(
-                sa.update(_RESERVATIONS)
-                .where(r.job_id == ask.job.id)
-                .values(amount_usd=r.amount_usd + ask.amount)
-            )
+    insert = (
+        postgresql.insert(_RESERVATIONS)
+        if session.get_bind().dialect.name == "postgresql"
+        else sqlite.insert(_RESERVATIONS)
+    )
+    upsert = insert.values(rows).on_conflict_do_update(
+        index_elements=[r.job_id], set_={"amount_usd": r.amount_usd + insert.excluded.amount_usd}
+    )
+    await session.execute(upsert)
 
 
 async def settle(
@@ -382,6 +399,43 @@ async def settle(
     for budget_id in sorted(by_budget):  # one order everywhere: no deadlock between settlers
         await _settle_budget(session, budget_id, by_budget[budget_id], now)
     await session.commit()
+    return len(rows)
+
+
+def settle_ended(conn: sa.Connection, costs: Mapping[str, Decimal], now: datetime) -> int:
+    """Settle, in the connection's transaction, the reservations of jobs that end in it
+    with these costs (job id -> cost): the worker's result write does this with the jobs'
+    final states, so no other transaction is needed. Returns how many were settled."""
+    r = _RESERVATIONS.c
+    ids = list(costs)
+    if conn.dialect.delete_returning:
+        rows = conn.execute(
+            sa.delete(_RESERVATIONS)
+            .where(r.job_id.in_(ids))
+            .returning(r.job_id, r.budget_id, r.amount_usd)
+        ).all()
+    else:
+        rows = conn.execute(
+            sa.select(r.job_id, r.budget_id, r.amount_usd).where(r.job_id.in_(ids))
+        ).all()
+        conn.execute(sa.delete(_RESERVATIONS).where(r.job_id.in_(ids)))
+    totals: dict[str, tuple[Decimal, Decimal]] = {}
+    for row in rows:
+        spent, returned = totals.get(row.budget_id, (_ZERO, _ZERO))
+        totals[row.budget_id] = (spent + costs[row.job_id], returned + Decimal(row.amount_usd))
+    b = _BUDGETS.c
+    for budget_id in sorted(totals):  # one order everywhere: no deadlock between writers
+        spent, returned = totals[budget_id]
+        conn.execute(
+            sa.update(_BUDGETS)
+            .where(b.id == budget_id)
+            .values(
+                spent_usd=_spent_in_period(now) + spent,
+                period_start=_current_start(now),
+                reserved_usd=b.reserved_usd - returned,
+                updated_at=now,
+            )
+        )
     return len(rows)
 
 

@@ -109,7 +109,7 @@ class Spending:
             self._redis, lock_seconds=max(30.0, 2 * settings.request_timeout_seconds)
         )
         self._semantic: Any = None
-        self._to_settle: set[str] = set()
+        self._freed = False  # reservations were settled here since the last wake-up
         self._asks: dict[str, list[tuple[Ask, asyncio.Future[Reservation]]]] = {}
         self._draining: set[str] = set()
         self._drainers: set[asyncio.Task[None]] = set()
@@ -306,42 +306,36 @@ class Spending:
             self._draining.discard(budget_id)
 
     def finished(self, job: ClaimedJob) -> None:
-        """The job ended here: settle its reservation soon."""
+        """The job ended here; its reservation was settled with its result (in the result
+        write's transaction): the jobs waiting for budget try again soon."""
         if job.budget_id is not None:
-            self._to_settle.add(job.id)
+            self._freed = True
+            self.counters["settled"] += 1
 
     async def settler(self) -> None:
-        """Settle the reservations of jobs that ended here, and now and then of any job
-        that ended elsewhere (cancelled, expired, failed by the sweeper)."""
+        """Wake the jobs waiting for budget after reservations were settled here, and now
+        and then settle those of any job that ended elsewhere (cancelled, expired, failed by
+        the sweeper, or whose result this process could not store)."""
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + _SWEEP_EVERY
         while True:
             await asyncio.sleep(_SETTLE_EVERY)
-            ids, self._to_settle = self._to_settle, set()
-            sweep = loop.time() >= next_sweep
             settled = 0
-            try:
-                async with self.db.session() as session:
-                    if ids:
-                        settled += await settle(session, sorted(ids))
-                    if sweep:
-                        next_sweep = loop.time() + _SWEEP_EVERY
-                        settled += await settle(session)
-            except Exception:
-                self._to_settle |= ids
-                log.exception("budget.settle_failed", jobs=len(ids))
-            if settled:
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + _SWEEP_EVERY
+                try:
+                    async with self.db.session() as session:
+                        settled = await settle(session)
+                except Exception:
+                    log.exception("budget.settle_failed")
                 self.counters["settled"] += settled
+            if settled or self._freed:
+                self._freed = False
                 self._settled.set()  # wake the jobs waiting for budget
                 self._settled = asyncio.Event()
 
     async def close(self) -> None:
-        """Settle what ended here, then let go of Redis."""
-        ids, self._to_settle = self._to_settle, set()
-        if ids:
-            with contextlib.suppress(Exception):
-                async with self.db.session() as session:
-                    await settle(session, sorted(ids))
+        """Let go of Redis."""
         await self._redis.aclose()
         await self._redis.connection_pool.disconnect()
 
