@@ -107,6 +107,7 @@ def max_cost(entry: ModelEntry, body: Mapping[str, Any], default_completion: int
 _BUDGETS: sa.Table = Budget.__table__  # type: ignore[assignment]
 _JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 _RESERVATIONS: sa.Table = ReservationRow.__table__  # type: ignore[assignment]
+_ID_ARRAY = postgresql.ARRAY(sa.String())
 
 
 def _current_start(now: datetime) -> sa.ColumnElement[datetime]:
@@ -334,31 +335,48 @@ async def _add_reserved(
 async def _held_jobs(session: AsyncSession, jobs: Sequence[HeldJob]) -> set[HeldJob]:
     # Which of `jobs` are still running under the lease they were claimed with.
     j = _JOBS.c
+    ids = [job.id for job in jobs]
+    dialect = session.get_bind().dialect.name
     rows = await session.execute(
         sa.select(j.id, j.attempts, j.lease_owner).where(
-            j.id.in_([job.id for job in jobs]), j.status == JobStatus.RUNNING
+            _among(j.id, ids, dialect), j.status == JobStatus.RUNNING
         )
     )
     return {HeldJob(r.id, r.attempts, r.lease_owner) for r in rows}
 
 
-async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
-    # The jobs' reservation rows, in one statement: a job asking again (escalation) tops
-    # its row up.
+def _upsert_reservation(dialect: str) -> sa.Insert:
+    # One statement for every granted ask (executemany): a job asking again (escalation)
+    # tops its row up.
+    insert = (
+        postgresql.insert(_RESERVATIONS)
+        if dialect == "postgresql"
+        else sqlite.insert(_RESERVATIONS)
+    )
     r = _RESERVATIONS.c
+    return insert.on_conflict_do_update(
+        index_elements=[r.job_id], set_={"amount_usd": r.amount_usd + insert.excluded.amount_usd}
+    )
+
+
+_UPSERTS = {name: _upsert_reservation(name) for name in ("postgresql", "sqlite")}
+
+
+async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
+    # The jobs' reservation rows, as one cached statement run for every row.
     rows = [
         {"job_id": a.job.id, "budget_id": budget_id, "amount_usd": a.amount, "created_at": now}
         for a in granted
     ]
-    insert = (
-        postgresql.insert(_RESERVATIONS)
-        if session.get_bind().dialect.name == "postgresql"
-        else sqlite.insert(_RESERVATIONS)
-    )
-    upsert = insert.values(rows).on_conflict_do_update(
-        index_elements=[r.job_id], set_={"amount_usd": r.amount_usd + insert.excluded.amount_usd}
-    )
-    await session.execute(upsert)
+    await session.execute(_UPSERTS[session.get_bind().dialect.name], rows)
+
+
+def _among(column: sa.ColumnElement[str], values: Sequence[str], dialect: str) -> Any:
+    # `column IN (...)`; on Postgres `= ANY(:array)`, one SQL text whatever the count, so
+    # the driver parses and prepares it once.
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=_ID_ARRAY))
+    return column.in_(list(values))
 
 
 async def settle(
@@ -407,18 +425,14 @@ def settle_ended(conn: sa.Connection, costs: Mapping[str, Decimal], now: datetim
     with these costs (job id -> cost): the worker's result write does this with the jobs'
     final states, so no other transaction is needed. Returns how many were settled."""
     r = _RESERVATIONS.c
-    ids = list(costs)
+    ended = _among(r.job_id, list(costs), conn.dialect.name)
     if conn.dialect.delete_returning:
         rows = conn.execute(
-            sa.delete(_RESERVATIONS)
-            .where(r.job_id.in_(ids))
-            .returning(r.job_id, r.budget_id, r.amount_usd)
+            sa.delete(_RESERVATIONS).where(ended).returning(r.job_id, r.budget_id, r.amount_usd)
         ).all()
     else:
-        rows = conn.execute(
-            sa.select(r.job_id, r.budget_id, r.amount_usd).where(r.job_id.in_(ids))
-        ).all()
-        conn.execute(sa.delete(_RESERVATIONS).where(r.job_id.in_(ids)))
+        rows = conn.execute(sa.select(r.job_id, r.budget_id, r.amount_usd).where(ended)).all()
+        conn.execute(sa.delete(_RESERVATIONS).where(ended))
     totals: dict[str, tuple[Decimal, Decimal]] = {}
     for row in rows:
         spent, returned = totals.get(row.budget_id, (_ZERO, _ZERO))
