@@ -420,37 +420,49 @@ async def settle(
     return len(rows)
 
 
-def settle_ended(conn: sa.Connection, costs: Mapping[str, Decimal], now: datetime) -> int:
-    """Settle, in the connection's transaction, the reservations of jobs that end in it
-    with these costs (job id -> cost): the worker's result write does this with the jobs'
-    final states, so no other transaction is needed. Returns how many were settled."""
-    r = _RESERVATIONS.c
-    ended = _among(r.job_id, list(costs), conn.dialect.name)
-    if conn.dialect.delete_returning:
-        rows = conn.execute(
-            sa.delete(_RESERVATIONS).where(ended).returning(r.job_id, r.budget_id, r.amount_usd)
-        ).all()
+def settle_ended(
+    conn: sa.Connection, ended: Sequence[tuple[str, str, Decimal]], now: datetime
+) -> None:
+    """Settle, in the connection's transaction, the reservations of jobs that end in it:
+    (job id, budget id, cost) each. The worker's result write does this with the jobs'
+    final states, so no other transaction is needed; on Postgres it is one statement per
+    budget (deleting the reservations and updating the budget)."""
+    by_budget: dict[str, tuple[list[str], Decimal]] = {}
+    for job_id, budget_id, cost in ended:
+        ids, spent = by_budget.get(budget_id, ([], _ZERO))
+        by_budget[budget_id] = ([*ids, job_id], spent + cost)
+    for budget_id in sorted(by_budget):  # one order everywhere: no deadlock between writers
+        ids, spent = by_budget[budget_id]
+        _settle_jobs(conn, budget_id, ids, spent, now)
+
+
+def _settle_jobs(
+    conn: sa.Connection, budget_id: str, ids: list[str], spent: Decimal, now: datetime
+) -> None:
+    # The jobs' cost is spent; what they held is given back. A job that held nothing (a
+    # model priced at zero) cost nothing.
+    b, r = _BUDGETS.c, _RESERVATIONS.c
+    ended = sa.and_(r.budget_id == budget_id, _among(r.job_id, ids, conn.dialect.name))
+    returned: Any
+    if conn.dialect.name == "postgresql":
+        gone = sa.delete(_RESERVATIONS).where(ended).returning(r.amount_usd).cte("gone")
+        returned = sa.select(sa.func.coalesce(sa.func.sum(gone.c.amount_usd), 0))
+        returned = returned.scalar_subquery()
     else:
-        rows = conn.execute(sa.select(r.job_id, r.budget_id, r.amount_usd).where(ended)).all()
+        held = conn.execute(sa.select(sa.func.sum(r.amount_usd)).where(ended)).scalar()
         conn.execute(sa.delete(_RESERVATIONS).where(ended))
-    totals: dict[str, tuple[Decimal, Decimal]] = {}
-    for row in rows:
-        spent, returned = totals.get(row.budget_id, (_ZERO, _ZERO))
-        totals[row.budget_id] = (spent + costs[row.job_id], returned + Decimal(row.amount_usd))
-    b = _BUDGETS.c
-    for budget_id in sorted(totals):  # one order everywhere: no deadlock between writers
-        spent, returned = totals[budget_id]
-        conn.execute(
-            sa.update(_BUDGETS)
-            .where(b.id == budget_id)
-            .values(
-                spent_usd=_spent_in_period(now) + spent,
-                period_start=_current_start(now),
-                reserved_usd=b.reserved_usd - returned,
-                updated_at=now,
-            )
+        returned, gone = Decimal(held or 0), None
+    update = (
+        sa.update(_BUDGETS)
+        .where(b.id == budget_id)
+        .values(
+            spent_usd=_spent_in_period(now) + spent,
+            period_start=_current_start(now),
+            reserved_usd=b.reserved_usd - returned,
+            updated_at=now,
         )
-    return len(rows)
+    )
+    conn.execute(update if gone is None else update.add_cte(gone))
 
 
 async def _settle_budget(

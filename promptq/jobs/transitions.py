@@ -369,13 +369,13 @@ def _write_finished(session: Session, finished: Sequence[Finished]) -> list[bool
     ]
     insert_usage_rows(session.connection(), ledger)
     # Budget reservations are settled with the final states: no transaction of their own.
-    costs = {
-        job.id: result.cost_usd if isinstance(result, JobOutcome) else Decimal(0)
+    budgeted = [
+        (job.id, job.budget_id, result.cost_usd if isinstance(result, JobOutcome) else Decimal(0))
         for (job, result), ok in zip(finished, stored, strict=True)
         if ok and job.budget_id is not None
-    }
-    if costs:
-        settle_ended(session.connection(), costs, now)
+    ]
+    if budgeted:
+        settle_ended(session.connection(), budgeted, now)
     return stored
 
 
