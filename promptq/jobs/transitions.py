@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from promptq.budgets import settle_ended
 from promptq.jobs.attempt import ClaimedJob, Finished, JobFailure, JobOutcome
 from promptq.jobs.events import emit_job_events
 from promptq.jobs.grouped import Guarded, run_guarded
@@ -366,13 +368,22 @@ def _write_finished(session: Session, finished: Sequence[Finished]) -> list[bool
         if ok and isinstance(result, JobOutcome)
     ]
     insert_usage_rows(session.connection(), ledger)
+    # Budget reservations are settled with the final states: no transaction of their own.
+    budgeted = [
+        (job.id, job.budget_id, result.cost_usd if isinstance(result, JobOutcome) else Decimal(0))
+        for (job, result), ok in zip(finished, stored, strict=True)
+        if ok and job.budget_id is not None
+    ]
+    if budgeted:
+        settle_ended(session.connection(), budgeted, now)
     return stored
 
 
 async def record_finished(session: AsyncSession, finished: Sequence[Finished]) -> list[bool]:
     """SUCCEED / FAIL for a group of finished attempts in one transaction: per job a guarded
     UPDATE to its final state (with the result), one INSERT of the ledger rows of the
-    succeeded ones, the webhook events of those that have a webhook_url, one COMMIT.
+    succeeded ones, the settlement of their budget reservations, the webhook events of
+    those that have a webhook_url, one COMMIT.
     Returns, per item, whether it was stored (False: the lease was lost, e.g. re-queued,
     cancelled or already finished). On an error nothing is stored."""
     if not finished:

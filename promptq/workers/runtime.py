@@ -29,6 +29,7 @@ from promptq.jobs import (
 )
 from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
 from promptq.retry import backoff_delay
+from promptq.scheduler.health import ModelHealth
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.remote_worker import RemoteBackend
@@ -189,7 +190,6 @@ class WorkerRuntime:
             self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
         self._results.start()
-        self._spending = Spending(self.settings, self.catalog, self._db)
         if self._use_traffic:
             redis = traffic_redis(self.settings.redis_url)
             self.traffic = TrafficControl(
@@ -200,6 +200,11 @@ class WorkerRuntime:
                 on_answer=self.telemetry.answered,
             )
             self._waiting = WaitingNotes(self._db)
+        # Routers pick among the models traffic control says can take a call now.
+        health = None
+        if self.traffic is not None:
+            health = ModelHealth(self.traffic.limiter, self.traffic.breaker)
+        self._spending = Spending(self.settings, self.catalog, self._db, health)
         for entry in preload:
             await self._backend(entry)
         self.supervisor.watch("result_writer", self._results.task)
@@ -303,7 +308,7 @@ class WorkerRuntime:
         # budget is reserved and the backend called (retried); a cut-off or failed answer
         # moves on to the next model when the router says so.
         try:
-            plan = self.spending.plan(job)
+            plan = await self.spending.plan(job)
         except TerminalError as exc:
             await self._fail(job, exc)
             return
