@@ -69,8 +69,9 @@ class _SlowStart:
         self.shared = False  # the deployment is admitted through Redis from now on
         self._waiters: deque[asyncio.Future[bool]] = deque()
 
-    async def enter(self) -> bool:
-        """Wait for room; False if the deployment went shared meanwhile."""
+    async def enter(self, max_wait: float | None = None) -> bool:
+        """Wait for room; False if the deployment went shared meanwhile; WaitExpired after
+        `max_wait` seconds (None: never)."""
         if self.shared:
             return False
         if self.in_flight < self.cap and not self._waiters:
@@ -78,7 +79,17 @@ class _SlowStart:
             return True
         waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
-        return await waiter  # True: a leaving call handed its slot over
+        try:
+            # True: a leaving call handed its slot over.
+            return await asyncio.wait_for(asyncio.shield(waiter), max_wait)
+        except TimeoutError:
+            # Handed over just as the wait ended: hand it on.
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.leave(ok=False)
+            raise WaitExpired("no room in the slow start in time") from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()  # `leave` skips it
 
     def leave(self, *, ok: bool) -> None:
         self.in_flight -= 1
@@ -201,16 +212,22 @@ class AdmissionGate:
             state.share()
 
     async def acquire_local(
-        self, limits: DeploymentLimits, start: int, ceiling: int
+        self,
+        limits: DeploymentLimits,
+        start: int,
+        ceiling: int,
+        *,
+        max_wait: float | None = None,
     ) -> Permit | None:
         """Admit a call to a deployment with no declared limits that has not pushed back yet:
         a slow start kept in this process (`start` calls in flight, one more per success
         up to `ceiling`), no Redis round trip. After its first 429 the deployment goes
-        through `acquire` like the others (None: it did so while this call waited)."""
+        through `acquire` like the others (None: it did so while this call waited).
+        WaitExpired after `max_wait` seconds (None: never)."""
         state = self._local.get(limits.key)
         if state is None:
             state = self._local[limits.key] = _SlowStart(start, ceiling)
-        if not await state.enter():
+        if not await state.enter(max_wait):
             return None
         return Permit(limits, "", 0, local=True)
 

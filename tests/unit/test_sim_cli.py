@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 
+import click
 import pytest
-from typer.testing import CliRunner
+import typer
+from click.testing import CliRunner
 
 from promptq.cli import app
 from promptq.sim_provider import SimConfig, server
+
+# The command alone: the app's callback would point the process's logging at the runner's
+# streams, which close after each run.
+COMMAND = typing.cast(click.Group, typer.main.get_command(app)).commands["sim-provider"]
 
 
 @pytest.fixture
@@ -26,11 +33,11 @@ def test_cli_passes_limits_and_outages_to_the_simulated_provider(
     served: list[tuple[str, int, SimConfig]],
 ) -> None:
     # Given the command line of a provider with enforced limits and an outage
-    argv = ["sim-provider", "--port", "9300", "--rpm", "600", "--tpm", "90000"]
+    argv = ["--port", "9300", "--rpm", "600", "--tpm", "90000"]
     argv += ["--down-for", "2.5", "--fail-status", "502", "--slow-ms", "40", "--latency-ms", "5"]
 
     # When `promptq sim-provider` runs it
-    result = CliRunner().invoke(app, argv)
+    result = CliRunner().invoke(COMMAND, argv)
 
     # Then the provider is served with every one of those settings
     assert result.exit_code == 0, result.output
@@ -43,7 +50,7 @@ def test_cli_passes_limits_and_outages_to_the_simulated_provider(
 
 def test_cli_help_lists_every_setting() -> None:
     # When the help of `promptq sim-provider` is asked for
-    result = CliRunner().invoke(app, ["sim-provider", "--help"])
+    result = CliRunner().invoke(COMMAND, ["--help"])
 
     # Then it lists an option for every setting of the simulated provider
     assert result.exit_code == 0
@@ -53,7 +60,7 @@ def test_cli_help_lists_every_setting() -> None:
 
 def test_cli_refuses_a_bad_setting(served: list[tuple[str, int, SimConfig]]) -> None:
     # When the command line asks for a negative limit
-    result = CliRunner().invoke(app, ["sim-provider", "--rpm", "-5"])
+    result = CliRunner().invoke(COMMAND, ["--rpm", "-5"])
 
     # Then nothing is served and the command fails with a usage error
     assert result.exit_code == 2
