@@ -3,7 +3,10 @@
 Each deployment has one lane per process: waiters queue in (band, priority, arrival)
 order and one poller asks Redis for the head's admission, sleeping for the wait Redis
 reports. So Redis sees one request per grant or per wait, not one per waiting job, and
-an interactive job that arrives jumps every bulk job waiting in this process.
+an interactive job that arrives jumps every bulk job waiting in this process. Across
+processes, each lane holds a place in the deployment's shared waiting room, scored by its
+head: Redis grants capacity to the lane whose head comes first, so the (band, priority,
+arrival) order holds for every waiter of every process.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
+import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 
-from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter
+from promptq.scheduler.rate_limit import DeploymentLimits, Place, RateLimiter
 
 __all__ = ["AdmissionGate", "Permit", "WaitExpired"]
 
@@ -45,6 +50,7 @@ class Permit:
 @dataclass(order=True)
 class _Waiter:
     order: tuple[int, int, int]
+    score: int = field(compare=False)  # its place in the shared waiting room
     tokens: int = field(compare=False)
     interactive: bool = field(compare=False)
     slot_id: str = field(compare=False)
@@ -58,6 +64,7 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     reason: str = ""
+    in_room: bool = False  # this lane has a place in the shared waiting room
 
 
 class _SlowStart:
@@ -109,6 +116,11 @@ class _SlowStart:
                 waiter.set_result(False)
 
 
+def _next_score(heap: list[_Waiter]) -> int | None:
+    # The waiter after the head is one of its children in the heap.
+    return min((w.score for w in heap[1:3] if not w.future.done()), default=None)
+
+
 def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
     if heap and heap[0] is waiter:
         heapq.heappop(heap)
@@ -127,6 +139,7 @@ class AdmissionGate:
         self._seq = itertools.count()
         self._expected: Counter[str] = Counter()
         self._local: dict[str, _SlowStart] = {}
+        self.lane_id = uuid.uuid4().hex[:16]  # this process's lanes in the waiting rooms
 
     def waiting(self, key: str) -> int:
         """How many calls of this process wait for deployment `key` (or chose it and are
@@ -161,6 +174,7 @@ class AdmissionGate:
         lane.limits = limits
         waiter = _Waiter(
             (band, priority, next(self._seq)),
+            Place.score_of(band, priority, time.time()),
             tokens,
             interactive,
             slot_id,
@@ -246,19 +260,37 @@ class AdmissionGate:
             lane.wake.set()
 
     async def _pump(self, lane: _Lane) -> None:
+        while True:
+            await self._serve(lane)
+            if lane.in_room:  # no waiter left here: leave the room to the others
+                lane.in_room = False
+                try:
+                    await self.limiter.leave_room(lane.limits, self.lane_id)
+                except Exception:  # it lapses by itself
+                    log.warning("rate_limit.redis_error", deployment=lane.limits.key)
+            if not lane.heap:  # none came meanwhile
+                return
+
+    async def _serve(self, lane: _Lane) -> None:
         while lane.heap:
             head = lane.heap[0]
             if head.future.done():  # its caller gave up
                 heapq.heappop(lane.heap)
                 continue
+            place = Place(self.lane_id, head.score, _next_score(lane.heap))
             try:
                 decision = await self.limiter.try_acquire(
-                    lane.limits, head.tokens, interactive=head.interactive, slot_id=head.slot_id
+                    lane.limits,
+                    head.tokens,
+                    interactive=head.interactive,
+                    slot_id=head.slot_id,
+                    place=place,
                 )
             except Exception:  # Redis down: the jobs wait, they do not fail
                 log.warning("rate_limit.redis_error", deployment=lane.limits.key, exc_info=True)
                 await asyncio.sleep(self.poll_max)
                 continue
+            lane.in_room = not decision.granted or place.next_score is not None
             if decision.granted:
                 # A more urgent waiter may have been pushed above `head` meanwhile.
                 _remove(lane.heap, head)
