@@ -17,7 +17,7 @@ import heapq
 import itertools
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -67,25 +67,42 @@ class _Lane:
     in_room: bool = False  # this lane has a place in the shared waiting room
 
 
-class _SlowStart:
-    """An in-process concurrency cap that grows by one per success."""
+@dataclass(order=True)
+class _Entrant:
+    order: tuple[int, int, int]
+    interactive: bool = field(compare=False)
+    future: asyncio.Future[bool] = field(compare=False)
 
-    def __init__(self, start: int, ceiling: int) -> None:
-        self.cap, self.ceiling = start, ceiling
+
+class _SlowStart:
+    """An in-process concurrency cap that grows by one per success. Waiters go in (band,
+    priority, arrival) order, and bulk calls keep `reserve` of the cap free for
+    interactive ones, as the shared limits do."""
+
+    def __init__(self, start: int, ceiling: int, reserve: float) -> None:
+        self.cap, self.ceiling, self.reserve = start, ceiling, reserve
         self.in_flight = 0
         self.shared = False  # the deployment is admitted through Redis from now on
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiters: list[_Entrant] = []
 
-    async def enter(self, max_wait: float | None = None) -> bool:
+    def _room_for(self, interactive: bool) -> bool:
+        limit = self.cap if interactive else max(1, int(self.cap * (1 - self.reserve)))
+        return self.in_flight < limit
+
+    async def enter(
+        self, order: tuple[int, int, int], interactive: bool, max_wait: float | None = None
+    ) -> bool:
         """Wait for room; False if the deployment went shared meanwhile; WaitExpired after
         `max_wait` seconds (None: never)."""
         if self.shared:
             return False
-        if self.in_flight < self.cap and not self._waiters:
+        ahead = bool(self._waiters) and self._waiters[0].order < order
+        if self._room_for(interactive) and not ahead:
             self.in_flight += 1
             return True
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
+        entrant = _Entrant(order, interactive, asyncio.get_running_loop().create_future())
+        heapq.heappush(self._waiters, entrant)
+        waiter = entrant.future
         try:
             # True: a leaving call handed its slot over.
             return await asyncio.wait_for(asyncio.shield(waiter), max_wait)
@@ -102,18 +119,23 @@ class _SlowStart:
         self.in_flight -= 1
         if ok:
             self.cap = min(self.ceiling, self.cap + 1)
-        while self._waiters and self.in_flight < self.cap:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(True)
+        while self._waiters:
+            head = self._waiters[0]
+            if head.future.done():
+                heapq.heappop(self._waiters)
+                continue
+            if not self._room_for(head.interactive):
+                return
+            heapq.heappop(self._waiters)
+            self.in_flight += 1
+            head.future.set_result(True)
 
     def share(self) -> None:
         self.shared = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(False)
+        for entrant in self._waiters:
+            if not entrant.future.done():
+                entrant.future.set_result(False)
+        self._waiters.clear()
 
 
 def _next_score(heap: list[_Waiter]) -> int | None:
@@ -231,17 +253,22 @@ class AdmissionGate:
         start: int,
         ceiling: int,
         *,
+        band: int,
+        priority: int,
+        interactive: bool,
         max_wait: float | None = None,
     ) -> Permit | None:
         """Admit a call to a deployment with no declared limits that has not pushed back yet:
         a slow start kept in this process (`start` calls in flight, one more per success
-        up to `ceiling`), no Redis round trip. After its first 429 the deployment goes
-        through `acquire` like the others (None: it did so while this call waited).
-        WaitExpired after `max_wait` seconds (None: never)."""
+        up to `ceiling`), no Redis round trip, waiters in (band, priority, arrival) order.
+        After its first 429 the deployment goes through `acquire` like the others (None:
+        it did so while this call waited). WaitExpired after `max_wait` seconds (None:
+        never)."""
         state = self._local.get(limits.key)
         if state is None:
-            state = self._local[limits.key] = _SlowStart(start, ceiling)
-        if not await state.enter(max_wait):
+            reserve = self.limiter.settings.bulk_reserve
+            state = self._local[limits.key] = _SlowStart(start, ceiling, reserve)
+        if not await state.enter((band, priority, next(self._seq)), interactive, max_wait):
             return None
         return Permit(limits, "", 0, local=True)
 

@@ -248,6 +248,9 @@ class TrafficControl:
                     limits,
                     int(s.adaptive_start),
                     int(s.adaptive_max),
+                    band=job.band,
+                    priority=job.priority,
+                    interactive=job.interactive,
                     max_wait=job.check(report.reason or "concurrency"),
                 )
                 if local is not None:
