@@ -31,7 +31,7 @@ from promptq.scheduler.admission import AdmissionGate, Permit, WaitExpired
 from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker, Gate
 from promptq.scheduler.deployments import choose_deployment, limits_of
 from promptq.scheduler.rate_headers import RateSignal
-from promptq.scheduler.rate_limit import RateLimiter, RateLimitSettings
+from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter, RateLimitSettings
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 from promptq.workers.completion import Completion, JobRequest
 from promptq.workers.remote_worker import ProviderRateLimited, RemoteBackend
@@ -170,6 +170,11 @@ class TrafficControl:
         # on they are admitted through Redis, like declared ones.
         self._shared: set[str] = set()
         self._closed_until: dict[str, float] = {}  # deployment -> trust "closed" until
+        # A breaker question on its way to Redis, per deployment: the calls that need the
+        # answer meanwhile wait for it instead of asking too (dozens would, at once).
+        self._asking: dict[str, asyncio.Future[Gate]] = {}
+        self._backends: dict[str, RemoteBackend] = {}
+        self._limits: dict[str, DeploymentLimits] = {}
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -240,7 +245,9 @@ class TrafficControl:
     async def _admit(
         self, job: TrafficJob, model: ModelEntry, deployment: Deployment, report: _Reporter
     ) -> Permit:
-        limits = limits_of(deployment)
+        limits = self._limits.get(str(deployment.name))
+        if limits is None:
+            limits = self._limits[str(deployment.name)] = limits_of(deployment)
         try:
             if limits.adaptive and limits.key not in self._shared:
                 s = self.limiter.settings
@@ -283,7 +290,9 @@ class TrafficControl:
         probe: bool,
     ) -> Completion:
         """One provider call; a 429 pauses the deployment and the call waits to go again."""
-        backend = await self._backend_for(model)
+        backend = self._backends.get(model.name)
+        if backend is None:
+            backend = self._backends[model.name] = await self._backend_for(model)
         request = JobRequest(
             job.id, job.attempt, model.name, model.upstream_name, dict(job.body), job.priority
         )
@@ -338,6 +347,18 @@ class TrafficControl:
         # that long of calls go to a deployment another process has just opened.
         if time.monotonic() < self._closed_until.get(key, 0.0):
             return _GO
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(self._ask_breaker(key))
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+            return await asyncio.shield(asking)
+        gate = await asyncio.shield(asking)
+        if gate.allowed and not gate.probe:
+            return _GO
+        # Open, or half-open with a probe granted to the call that asked: ask for this one.
+        return await self._ask_breaker(key)
+
+    async def _ask_breaker(self, key: str) -> Gate:
         try:
             gate = await self.breaker.allow(key)
         except RedisError:  # the shared state is out of reach: the provider itself decides
