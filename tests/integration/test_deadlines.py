@@ -114,10 +114,11 @@ async def test_a_job_behind_an_open_circuit_ends_at_its_deadline_without_an_atte
     runtime: WorkerRuntime, db: Database, settings: Settings, sim: SimServer, run: str
 ) -> None:
     # Given the only deployment of "blocked" has an open circuit, a job on it with a
-    # deadline 1.5 s away, and a job on a healthy model with a deadline a minute away
+    # deadline 4 s away (time to be claimed and start waiting, even on a busy machine),
+    # and a job on a healthy model with a deadline a minute away
     await _open_circuit(settings, f"blocked-{run}")
     now = utcnow()
-    await _add(db, "job_blocked", "blocked", deadline_at=now + timedelta(seconds=1.5))
+    await _add(db, "job_blocked", "blocked", deadline_at=now + timedelta(seconds=4))
     await _add(db, "job_healthy", "healthy", deadline_at=now + timedelta(seconds=60))
     calls_before = sim.calls()
 
