@@ -14,6 +14,8 @@ __all__ = [
     "PRIORITY_STEPS",
     "RATE_LIMIT_PREFIX",
     "RATE_SLOTS_PREFIX",
+    "RATE_WAIT_PREFIX",
+    "RATE_WAIT_SEEN_PREFIX",
     "REMOTE_INTERACTIVE_QUEUE",
     "REMOTE_QUEUE",
     "SEMANTIC_PREFIX",
@@ -59,6 +61,10 @@ SEMANTIC_PREFIX = "promptq:semcache:"
 RATE_LIMIT_PREFIX = "promptq:rl:"
 #: Per-deployment requests in flight (a sorted set of slot ids scored by their expiry).
 RATE_SLOTS_PREFIX = "promptq:rl-slots:"
+#: Per-deployment waiting room: each process's lane scored by its first waiter's (band,
+#: priority, arrival), and (`..-seen:`) when each lane lapses if not heard from again.
+RATE_WAIT_PREFIX = "promptq:rl-wait:"
+RATE_WAIT_SEEN_PREFIX = "promptq:rl-wait-seen:"
 #: Per-deployment circuit breaker state (a hash).
 BREAKER_PREFIX = "promptq:cb:"
 

@@ -38,7 +38,14 @@ from promptq.workers.runtime import WorkerRuntime
 from promptq.workers.side_tasks import BEATS_TO_LIVE, beat_interval
 from promptq.workers.telemetry import worker_description
 
-__all__ = ["check_workers", "remote_runtime", "run_gpu_worker", "run_remote_worker", "serve"]
+__all__ = [
+    "check_workers",
+    "connection_limit",
+    "remote_runtime",
+    "run_gpu_worker",
+    "run_remote_worker",
+    "serve",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -127,6 +134,13 @@ def serve(
         sys.exit(f"promptq worker stopped: {runtime.supervisor.death}")
 
 
+def connection_limit(concurrency: int) -> int:
+    """HTTP connections of a remote worker running `concurrency` bulk calls: interactive
+    jobs are admitted beyond that (runtime.has_room), and get connections of their own
+    rather than waiting for one a bulk call holds (a provider latency, measured)."""
+    return concurrency + max(8, concurrency // 4)
+
+
 def remote_runtime(
     settings: Settings, *, concurrency: int, on_death: Callable[[str], None] | None = None
 ) -> WorkerRuntime:
@@ -138,7 +152,8 @@ def remote_runtime(
     async def make_backend(entry: ModelEntry) -> Backend:
         nonlocal session
         if session is None:  # made on the runtime's loop, shared by every adapter
-            session = make_http_session(concurrency, settings.request_timeout_seconds)
+            limit = connection_limit(concurrency)
+            session = make_http_session(limit, settings.request_timeout_seconds)
         return make_remote_backend(entry, session)
 
     async def close_session() -> None:

@@ -18,9 +18,10 @@ import structlog
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.errors import AttemptError, RetryableError, TerminalError
+from promptq.errors import AttemptError, DeadlineExceeded, RetryableError, TerminalError
 from promptq.jobs import (
     ClaimedJob,
+    JobErrorCode,
     JobFailure,
     JobOutcome,
     claim,
@@ -38,7 +39,7 @@ from promptq.workers.spending import LeaseLost, Paid, Spending, Ticket, mark
 from promptq.workers.supervisor import Supervisor
 from promptq.workers.telemetry import JobTelemetry, answer_outcome
 from promptq.workers.traffic import TrafficControl, TrafficJob, traffic_redis
-from promptq.workers.waiting import WaitingNotes
+from promptq.workers.waiting import WaitingNotes, expire_window
 
 __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
@@ -323,7 +324,8 @@ class WorkerRuntime:
                 return  # the lease was lost: the job is someone else's now
             current, result, served = called
             if isinstance(result, AttemptError):
-                if result.code != "budget_exceeded" and plan.escalates(step, "error"):
+                final = result.code == "budget_exceeded" or isinstance(result, DeadlineExceeded)
+                if not final and plan.escalates(step, "error"):
                     continue
                 await self._fail(current, result)
                 return
@@ -408,9 +410,17 @@ class WorkerRuntime:
             priority=job.priority,
             interactive=interactive,
             band=INTERACTIVE_BAND if interactive else BULK_BAND,
+            deadline=job.deadline.timestamp() if job.deadline else None,
+            deadline_code=JobErrorCode.DEADLINE_EXCEEDED
+            if interactive
+            else JobErrorCode.BATCH_EXPIRED,
         )
         try:
             served = await traffic.run(request, entry, on_wait)
+        except DeadlineExceeded as exc:
+            if job.batch_id:  # past its batch's window: the batch expires now
+                await expire_window(self.db, job.batch_id)
+            return job, exc, entry
         except (TerminalError, RetryableError) as exc:
             return job, exc, entry
         finally:
@@ -466,7 +476,8 @@ class WorkerRuntime:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
     async def _fail(self, job: ClaimedJob, exc: AttemptError) -> None:
-        failure = JobFailure(exc.code, exc.message, exc.provider_status)
+        expired = isinstance(exc, DeadlineExceeded)
+        failure = JobFailure(exc.code, exc.message, exc.provider_status, expired=expired)
         stored = await self.results.write(job, failure)
         self.spending.finished(job)
         self.counters["failed" if stored else "lost"] += 1
