@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from promptq.retry import parse_retry_after
+from promptq.backoff import parse_retry_after
 
 __all__ = ["RateSignal", "parse_duration", "read_rate_headers"]
 

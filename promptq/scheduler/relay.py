@@ -19,12 +19,12 @@ import sqlalchemy as sa
 import structlog
 
 from promptq import __version__
+from promptq.backoff import backoff_delay
 from promptq.config import Settings
 from promptq.db import Database
 from promptq.errors import RetryableError
 from promptq.keys import tenant_webhook_secrets
 from promptq.models import WebhookEvent, WebhookStatus, utcnow
-from promptq.retry import backoff_delay
 from promptq.webhooks import (
     AllowList,
     IPAddress,

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Backend", "Completion", "JobRequest", "chat_completion_body"]
+__all__ = ["Completion", "JobRequest", "ModelClient", "chat_completion_body"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Completion:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Backend(Protocol):
+class ModelClient(Protocol):
     """Runs one attempt of a job; raises RetryableError or TerminalError on failure."""
 
     async def complete(self, request: JobRequest) -> Completion: ...

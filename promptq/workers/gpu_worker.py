@@ -11,7 +11,7 @@ from promptq.catalog import Backend as BackendKind
 from promptq.catalog import ModelEntry
 from promptq.config import Settings
 from promptq.errors import ConfigError
-from promptq.workers.completion import Backend
+from promptq.workers.completion import ModelClient
 
 if TYPE_CHECKING:
     from promptq.workers.vllm_engine import EngineOptions
@@ -98,7 +98,7 @@ def engine_options(entry: ModelEntry, settings: Settings) -> EngineOptions:
     )
 
 
-async def make_gpu_backend(entry: ModelEntry, settings: Settings) -> Backend:
+async def make_gpu_backend(entry: ModelEntry, settings: Settings) -> ModelClient:
     """Load the engine for `entry` in the running loop (once per worker process)."""
     if entry.backend is not BackendKind.VLLM:
         raise ConfigError(f"model {entry.name!r} is not a vllm model")

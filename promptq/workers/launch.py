@@ -30,7 +30,7 @@ from promptq.errors import ConfigError
 from promptq.queues import BULK_BAND
 from promptq.workers.beacon import live_workers
 from promptq.workers.celery_app import make_celery
-from promptq.workers.completion import Backend
+from promptq.workers.completion import ModelClient
 from promptq.workers.gpu_worker import gpu_in_flight, make_gpu_backend
 from promptq.workers.interactive import InteractiveConsumer
 from promptq.workers.remote_worker import make_http_session, make_remote_backend
@@ -149,7 +149,7 @@ def remote_runtime(
     catalog = load_catalog(settings.models_file)
     session: aiohttp.ClientSession | None = None
 
-    async def make_backend(entry: ModelEntry) -> Backend:
+    async def make_backend(entry: ModelEntry) -> ModelClient:
         nonlocal session
         if session is None:  # made on the runtime's loop, shared by every adapter
             limit = connection_limit(concurrency)

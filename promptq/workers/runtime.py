@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 import structlog
 
+from promptq.backoff import backoff_delay
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
 from promptq.db import Database
@@ -29,10 +30,14 @@ from promptq.jobs import (
     retry,
 )
 from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
-from promptq.retry import backoff_delay
 from promptq.scheduler.health import ModelHealth
 from promptq.workers import side_tasks
-from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
+from promptq.workers.completion import (
+    Completion,
+    JobRequest,
+    ModelClient,
+    chat_completion_body,
+)
 from promptq.workers.remote_worker import RemoteBackend
 from promptq.workers.result_writer import ResultWriter
 from promptq.workers.spending import LeaseLost, Paid, Spending, Ticket, mark
@@ -45,7 +50,7 @@ __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
-BackendFactory = Callable[[ModelEntry], Awaitable[Backend]]
+BackendFactory = Callable[[ModelEntry], Awaitable[ModelClient]]
 #: A provider call's end: the job (its attempt may have moved on), the answer or the error,
 #: and the model that served it; None when the lease was lost meanwhile.
 Called = tuple[ClaimedJob, Completion | AttemptError, ModelEntry] | None
@@ -98,7 +103,7 @@ class WorkerRuntime:
         self._make_backend = make_backend
         self._on_stop = on_stop
         self._stopped = False
-        self._backends: dict[str, Backend] = {}
+        self._backends: dict[str, ModelClient] = {}
         self._running: dict[str, ClaimedJob] = {}
         self._tasks: set[asyncio.Task[None]] = set()  # the running jobs
         self.batches_to_check: set[str] = set()
@@ -220,7 +225,7 @@ class WorkerRuntime:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _backend(self, entry: ModelEntry) -> Backend:
+    async def _backend(self, entry: ModelEntry) -> ModelClient:
         backend = self._backends.get(entry.name)
         if backend is None:
             backend = await self._make_backend(entry)

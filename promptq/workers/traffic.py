@@ -22,11 +22,11 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
+from promptq.backoff import backoff_delay
 from promptq.catalog import Catalog, Deployment, ModelEntry
 from promptq.config import Settings
 from promptq.errors import DeadlineExceeded, RetryableError, TerminalError
 from promptq.jobs import JobErrorCode
-from promptq.retry import backoff_delay
 from promptq.scheduler.admission import AdmissionGate, Permit, WaitExpired
 from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker, Gate
 from promptq.scheduler.deployments import choose_deployment, limits_of

@@ -7,11 +7,11 @@ from datetime import timedelta
 
 import pytest
 
+from promptq.backoff import backoff_delay, parse_retry_after
 from promptq.batches import parse_window
 from promptq.constants import REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, gpu_queue
 from promptq.errors import InvalidRequest, RateLimited, RetryableError
 from promptq.queues import delivery_queue, queue_step
-from promptq.retry import backoff_delay, parse_retry_after
 
 
 def test_backoff_grows_exponentially_with_jitter_up_to_the_cap() -> None:
