@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from promptq.catalog import Catalog
 from promptq.db import Database
 from promptq.jobs import cancel, claim, record_failure, record_success, renew, retry
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
@@ -105,7 +106,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     settings = Settings(database_url=integration_pg_url, redis_url=env["PROMPTQ_REDIS_URL"])
     redis = aioredis.Redis.from_url(settings.redis_url)
     # When the sweeper runs
-    report = await Sweeper(settings, db, make_celery(settings), redis).sweep()
+    report = await Sweeper(settings, db, make_celery(settings), redis, Catalog({})).sweep()
     await redis.aclose()
     # Then the first is queued again (and re-sent), the second failed for good
     a, b = await get_job(db, "job_a"), await get_job(db, "job_b")
