@@ -8,6 +8,7 @@ import tracemalloc
 
 import pytest
 
+from promptq.batch_input import maybe_unstorable
 from promptq.errors import InvalidRequest
 from promptq.files import parse_line, read_lines
 
@@ -156,3 +157,25 @@ def test_a_file_past_its_line_limit_is_refused() -> None:
     with pytest.raises(InvalidRequest) as refused:
         list(read_lines(io.BytesIO(data), max_lines=2, max_line_bytes=1 << 20))
     assert (refused.value.code, refused.value.http_status) == ("too_many_lines", 413)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _with_body(x=1e308).replace("1e+308", "1e999"),  # a float too large: infinity
+        _with_body(x=1.0).replace("1.0", "1" + "0" * 400 + ".0"),  # likewise, no exponent
+        _with_body(x=float("-inf")),
+        _line(custom_id="a\udc00"),
+        _line(custom_id="a\udc00").replace("\\udc00", "\\uDC00"),
+        _with_body(x=_nested(70)),
+    ],
+)
+def test_the_cheap_look_never_misses_what_cannot_be_stored(raw: str) -> None:
+    # Given a line whose value cannot be stored, in the forms JSON text allows
+    # Then the look at its text sends it to the full walk, and it fails
+    assert maybe_unstorable(raw)
+    assert parse_line(raw)[0].error_code == "invalid_request"
+
+
+def test_an_ordinary_line_skips_the_walk() -> None:
+    assert not maybe_unstorable(_with_body(temperature=0.5, metadata={"k": "v"}))
