@@ -22,8 +22,11 @@ __all__ = [
     "PROVIDER_REQUESTS",
     "PURGED",
     "QUEUE_WAIT",
+    "SWEEPER_ACTIONS",
+    "SWEEPER_ACTION_NAMES",
     "TOKENS",
     "TTFT",
+    "WEBHOOK_DELIVERIES",
     "MetricsServer",
     "authorized",
     "render",
@@ -71,6 +74,33 @@ ENGINE_REQUESTS = Gauge(
     ["model", "state"],
 )
 PURGED = Counter("promptq_purged_rows", "Rows removed by retention, per table.", ["table"])
+SWEEPER_ACTIONS = Counter(
+    "promptq_sweeper_actions",
+    "What the scheduler's sweeper did, by action: requeued (a lease expired with attempts "
+    "left), failed (a lease expired on the last attempt: max_attempts_exceeded), published "
+    "(queued jobs whose message was sent again), expired_batches, finalized_batches, "
+    "validations_started (batches left validating).",
+    ["action"],
+)
+#: The sweeper's actions, each exported from the start (at 0) so a rate can be taken.
+SWEEPER_ACTION_NAMES = (
+    "requeued",
+    "failed",
+    "published",
+    "expired_batches",
+    "finalized_batches",
+    "validations_started",
+)
+for _action in SWEEPER_ACTION_NAMES:
+    SWEEPER_ACTIONS.labels(action=_action)
+WEBHOOK_DELIVERIES = Counter(
+    "promptq_webhook_deliveries",
+    "Webhook delivery attempts of the relay, by outcome: delivered, retry (failed, tried "
+    "again later) or failed (given up).",
+    ["outcome"],
+)
+for _outcome in ("delivered", "retry", "failed"):
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 
 
 def authorized(header: str | None, token: str | None) -> bool:

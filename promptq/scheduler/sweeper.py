@@ -24,6 +24,7 @@ from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
 from promptq.jobs import requeue_expired, resend
+from promptq.metrics import SWEEPER_ACTION_NAMES, SWEEPER_ACTIONS
 from promptq.models import Batch, BatchStatus, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
 from promptq.scheduler.validation import Validation, Validator
@@ -86,6 +87,8 @@ class Sweeper:
         await self._deliver(report)
         await self._batches(report)
         await self._validating(report)
+        for action in SWEEPER_ACTION_NAMES:
+            SWEEPER_ACTIONS.labels(action=action).inc(getattr(report, action))
         return report
 
     async def _expired_leases(self, report: SweepReport) -> None:
