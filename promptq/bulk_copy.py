@@ -13,9 +13,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 __all__ = ["copy_rows"]
 
 
-def _adapt(value: Any) -> Any:
-    # COPY sends text: a JSON column's dict or list goes as JSON, the rest as psycopg dumps it.
-    return Jsonb(value) if isinstance(value, dict | list) else value
+def _json_positions(table: sa.Table, columns: Sequence[str]) -> list[int]:
+    # COPY sends text: a JSON column's value goes as JSON, the rest as psycopg dumps it.
+    return [i for i, c in enumerate(columns) if isinstance(table.c[c].type, sa.JSON)]
 
 
 async def copy_rows(
@@ -31,12 +31,19 @@ async def copy_rows(
     raw = await conn.get_raw_connection()
     driver: Any = raw.driver_connection  # psycopg.AsyncConnection
     names = ", ".join(f'"{c}"' for c in columns)
+    json_at = _json_positions(table, columns)
     count = 0
     async with (
         driver.cursor() as cursor,
         cursor.copy(f'COPY "{table.name}" ({names}) FROM STDIN') as copy,
     ):
         for row in rows:
-            await copy.write_row([_adapt(v) for v in row])
+            if json_at:
+                values = list(row)
+                for i in json_at:
+                    if values[i] is not None:
+                        values[i] = Jsonb(values[i])
+                row = values
+            await copy.write_row(row)
             count += 1
     return count

@@ -79,7 +79,7 @@ SWEEPER_ACTIONS = Counter(
     "What the scheduler's sweeper did, by action: requeued (a lease expired with attempts "
     "left), failed (a lease expired on the last attempt: max_attempts_exceeded), published "
     "(queued jobs whose message was sent again), expired_batches, finalized_batches, "
-    "validations_started (batches left validating).",
+    "validations_resumed (batches left validating by their API, validated here).",
     ["action"],
 )
 #: The sweeper's actions, each exported from the start (at 0) so a rate can be taken.
@@ -89,7 +89,7 @@ SWEEPER_ACTION_NAMES = (
     "published",
     "expired_batches",
     "finalized_batches",
-    "validations_started",
+    "validations_resumed",
 )
 for _action in SWEEPER_ACTION_NAMES:
     SWEEPER_ACTIONS.labels(action=_action)

@@ -24,7 +24,7 @@ from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
 from promptq.jobs import requeue_expired, resend
-from promptq.metrics import SWEEPER_ACTION_NAMES, SWEEPER_ACTIONS
+from promptq.metrics import SWEEPER_ACTIONS
 from promptq.models import Batch, BatchStatus, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
 from promptq.scheduler.validation import Validation, Validator
@@ -33,6 +33,8 @@ __all__ = ["SweepReport", "Sweeper"]
 
 log = structlog.get_logger(__name__)
 
+#: The report's counts exported as promptq_sweeper_actions_total{action}.
+SWEPT = ("requeued", "failed", "published", "expired_batches", "finalized_batches")
 #: How long the API that made a batch has to start validating it before the sweeper does.
 _VALIDATION_GRACE_SECONDS = 10
 
@@ -46,7 +48,6 @@ class SweepReport:
     published: int = 0
     expired_batches: int = 0
     finalized_batches: int = 0
-    validations_started: int = 0
     broker_reset: bool = False
     errors: list[str] = field(default_factory=list)
 
@@ -66,7 +67,10 @@ class Sweeper:
         self.db = db
         self.celery = celery
         self.redis = redis
-        self.validator = Validator(Validation.from_settings(settings, db, catalog, celery))
+        self.validator = Validator(
+            Validation.from_settings(settings, db, catalog, celery),
+            on_validated=SWEEPER_ACTIONS.labels(action="validations_resumed").inc,
+        )
 
     async def run_forever(self) -> None:
         """Sweep every `sweep_interval_seconds` until cancelled."""
@@ -86,8 +90,8 @@ class Sweeper:
         await self._broker_epoch(report)
         await self._deliver(report)
         await self._batches(report)
-        await self._validating(report)
-        for action in SWEEPER_ACTION_NAMES:
+        await self._validating()
+        for action in SWEPT:
             SWEEPER_ACTIONS.labels(action=action).inc(getattr(report, action))
         return report
 
@@ -116,7 +120,7 @@ class Sweeper:
                 session, self.celery, self.settings.chunk_size, where, limit=20_000
             )
 
-    async def _validating(self, report: SweepReport) -> None:
+    async def _validating(self) -> None:
         # A batch still validating a while after it was made: its API process may have
         # died. Validate it here, in the background (the lock makes this a no-op while the
         # API still works on it).
@@ -131,7 +135,6 @@ class Sweeper:
             ).all()
         for batch_id in ids:
             self.validator.start(batch_id)
-        report.validations_started += len(ids)
 
     async def _batches(self, report: SweepReport) -> None:
         now = utcnow()

@@ -12,7 +12,7 @@ whole, so a validator that resumes skips the lines already stored."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +32,8 @@ from promptq.errors import model_not_found_message
 from promptq.estimate import Estimate, serving_entries
 from promptq.jobs import JobErrorCode, store_lines
 from promptq.models import Batch, BatchStatus, Budget, File, FileLine, Job, utcnow
-from promptq.queues import queue_for
-from promptq.scheduler.dispatch import dispatch_queued
+from promptq.queues import queue_for, queue_step
+from promptq.scheduler.dispatch import publish_marked
 
 __all__ = ["Validation", "Validator", "validate_batch"]
 
@@ -53,6 +53,7 @@ _COLUMNS = (
     "max_attempts",
     "queue",
     "created_at",
+    "enqueued_at",
     "finished_at",
     "error_code",
     "error_message",
@@ -157,6 +158,7 @@ class _Lines:
             self.validation.max_attempts,
             queue,
             batch.created_at,
+            None if refused else now,  # marked enqueued: its page is published on commit
             now if refused else None,
             code,
             message,
@@ -168,16 +170,15 @@ class _Lines:
 
 async def validate_batch(validation: Validation, batch_id: str) -> bool:
     """Validate a batch left `validating`, unless another validator holds it; returns
-    whether this call ran (it did nothing if the batch is no longer validating)."""
+    whether this call worked on it (False: held elsewhere, or no longer validating)."""
     async with validation.db.engine.connect() as conn:
         if not await _lock(conn, batch_id):
             return False
         try:
             async with AsyncSession(bind=conn, expire_on_commit=False) as session:
-                await _validate(session, validation, batch_id)
+                return await _validate(session, validation, batch_id)
         finally:
             await _unlock(conn, batch_id)
-    return True
 
 
 async def _lock(conn: AsyncConnection, batch_id: str) -> bool:
@@ -204,35 +205,37 @@ def _lock_key(batch_id: str) -> sa.ColumnElement[int]:
     return sa.func.hashtextextended(sa.literal(f"promptq.validate:{batch_id}"), 0)
 
 
-async def _validate(session: AsyncSession, validation: Validation, batch_id: str) -> None:
+async def _validate(session: AsyncSession, validation: Validation, batch_id: str) -> bool:
     batch = await session.get(Batch, batch_id, populate_existing=True)
     if batch is None or batch.status is not BatchStatus.VALIDATING:
         await session.rollback()
-        return
+        return False
     if await session.get(File, batch.input_file_id) is None:
         await fail_batch(session, batch, "invalid_file", "The input file no longer exists.")
-        return
+        return True
     log.info("batch.validating", batch_id=batch_id)
     problem = await _refusal(session, validation, batch)
     if problem is not None:
         await fail_batch(session, batch, *problem)
-        return
+        return True
     lines = _Lines(validation, batch)
     done = await session.scalar(sa.select(sa.func.max(Job.line_no)).where(Job.batch_id == batch.id))
-    after = 0
-    while True:
-        page = await _page(session, batch.input_file_id, after)
-        if not page:
-            break
-        first, after = page[0].line_no, page[-1].line_no
-        rows = await anyio.to_thread.run_sync(_rows, lines, page)
+    # Each page is parsed (in a thread) while the one before it is stored.
+    page = await _page(session, batch.input_file_id, 0)
+    parsing = _parse(lines, page)
+    while page:
+        rows = await parsing
+        page = await _page(session, batch.input_file_id, page[-1].line_no)
+        parsing = _parse(lines, page)
         fresh = [row for row in rows if done is None or row[1][3] > done]
-        if fresh and not await _store(session, validation, batch.id, fresh, first, after):
+        if fresh and not await _store(session, validation, batch, fresh):
+            parsing.cancel()
             log.info("batch.validation_stopped", batch_id=batch_id)
-            return  # cancelled or expired meanwhile
+            return True  # cancelled or expired meanwhile
     await start_batch(session, batch, lines.queued, lines.estimate.max_cost_usd)
     log.info("batch.validated", batch_id=batch_id, status=str(batch.status))
     await finalize_batch(session, batch.id)
+    return True
 
 
 async def _page(session: AsyncSession, file_id: str, after: int) -> Sequence[Any]:
@@ -257,16 +260,22 @@ def _rows(lines: _Lines, page: Sequence[Any]) -> list[tuple[bool, tuple[Any, ...
     return [lines.row(line, now) for line in page]
 
 
+def _parse(
+    lines: _Lines, page: Sequence[Any]
+) -> asyncio.Future[list[tuple[bool, tuple[Any, ...]]]]:
+    # Pages are parsed one at a time, in order: `lines` keeps the custom_ids seen so far.
+    return asyncio.ensure_future(anyio.to_thread.run_sync(_rows, lines, page))
+
+
 async def _store(
     session: AsyncSession,
     validation: Validation,
-    batch_id: str,
+    batch: Batch,
     rows: list[tuple[bool, tuple[Any, ...]]],
-    first: int,
-    last: int,
 ) -> bool:
     """Store one page's jobs if the batch is still validating (its row is share-locked, so
     a cancel waits for the page and then ends its queued lines), then publish them."""
+    batch_id, priority = batch.id, batch.priority
     status = await session.scalar(
         sa.select(Batch.status).where(Batch.id == batch_id).with_for_update(read=True)
     )
@@ -276,8 +285,9 @@ async def _store(
     await store_lines(session, _COLUMNS, rows)
     await session.commit()
     if validation.celery is not None:
-        page = sa.and_(Job.batch_id == batch_id, Job.line_no.between(first, last))
-        await dispatch_queued(session, validation.celery, validation.chunk_size, page)
+        step = queue_step(priority, interactive=False)
+        queued = [(row[0], row[10], step, False) for refused, row in rows if not refused]
+        await publish_marked(session, validation.celery, queued, validation.chunk_size)
     return True
 
 
@@ -320,10 +330,16 @@ class Validator:
     """Runs validations as tasks of this process: one per batch, at most `limit` at once.
     A task cancelled at shutdown leaves its batch `validating` for the sweeper."""
 
-    def __init__(self, validation: Validation, limit: int = 2) -> None:
+    def __init__(
+        self,
+        validation: Validation,
+        limit: int = 2,
+        on_validated: Callable[[], None] | None = None,
+    ) -> None:
         self.validation = validation
         self._gate = asyncio.Semaphore(limit)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._on_validated = on_validated  # called for each batch this validator worked on
 
     def start(self, batch_id: str) -> None:
         """Validate `batch_id` in the background, unless this process already does."""
@@ -333,16 +349,12 @@ class Validator:
     async def _run(self, batch_id: str) -> None:
         try:
             async with self._gate:
-                await validate_batch(self.validation, batch_id)
+                if await validate_batch(self.validation, batch_id) and self._on_validated:
+                    self._on_validated()
         except Exception:  # the batch stays validating; the sweeper tries again
             log.exception("batch.validation_failed", batch_id=batch_id)
         finally:
             self._tasks.pop(batch_id, None)
-
-    async def wait(self) -> None:
-        """Until every validation started so far has ended (tests, the embedded demo)."""
-        while self._tasks:
-            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
 
     async def close(self) -> None:
         """Cancel the running validations (their batches resume elsewhere)."""

@@ -5,6 +5,7 @@ fails the batch with OpenAI-shaped errors."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from datetime import timedelta
@@ -165,3 +166,47 @@ async def test_a_file_that_cannot_run_as_a_whole_fails_the_batch_with_errors(
     assert batch.status == BatchStatus.FAILED and batch.failed_at is not None
     assert batch.errors is not None and [e["code"] for e in batch.errors] == [code]
     assert all(status != JobStatus.QUEUED for _, status, _ in jobs)
+
+
+async def test_the_sweeper_validates_a_batch_its_api_left_validating(
+    db: Database, catalog: Catalog, integration_pg_url: str, env: dict[str, str]
+) -> None:
+    import redis.asyncio as aioredis
+    from prometheus_client import REGISTRY
+
+    from promptq.config import Settings
+    from promptq.scheduler.sweeper import Sweeper
+    from promptq.workers.celery_app import make_celery
+
+    # Given a batch made a minute ago whose API died before validating it
+    batch_id = await _validating(db, _line("a"), _line("b"))
+    async with db.session() as session:
+        await session.execute(
+            sa.update(Batch)
+            .where(Batch.id == batch_id)
+            .values(created_at=utcnow() - timedelta(minutes=1))
+        )
+        await session.commit()
+    counter = ("promptq_sweeper_actions_total", {"action": "validations_resumed"})
+    before = REGISTRY.get_sample_value(*counter) or 0.0
+    settings = Settings(database_url=integration_pg_url, redis_url=env["PROMPTQ_REDIS_URL"])
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    # When the sweeper runs
+    sweeper = Sweeper(settings, db, make_celery(settings), redis, catalog)
+    await sweeper.sweep()
+    for _ in range(200):  # it validates in the background, and counts it when done
+        if (REGISTRY.get_sample_value(*counter) or 0.0) > before:
+            break
+        await asyncio.sleep(0.05)
+    await sweeper.validator.close()
+    await redis.aclose()
+    # Then the batch is in progress with its lines queued and marked sent, and counted
+    batch, jobs = await _state(db, batch_id)
+    assert batch.status == BatchStatus.IN_PROGRESS
+    assert jobs == [(1, "queued", None), (2, "queued", None)]
+    async with db.session() as session:
+        unsent = await session.scalar(
+            sa.select(sa.func.count()).where(Job.batch_id == batch_id, Job.enqueued_at.is_(None))
+        )
+    assert unsent == 0
+    assert (REGISTRY.get_sample_value(*counter) or 0.0) == before + 1

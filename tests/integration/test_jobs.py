@@ -127,7 +127,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
         "published": report.published,
         "expired_batches": 0,
         "finalized_batches": 0,
-        "validations_started": 0,
+        "validations_resumed": 0,
     }
     assert report.published >= 1  # job_a went out again
     # Then the first is queued again (and re-sent), the second failed for good
