@@ -34,8 +34,8 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 from common import (
+    Child,
     CpuMeter,
-    Proc,
     api_client,
     create_batch,
     free_port,
@@ -77,7 +77,7 @@ def start_services(stack: ExitStack, log_dir: Path, work_dir: Path) -> Services:
     db_url = stack.enter_context(temp_database(prefix="bench_cost"))
     redis_proc, redis_port = start_redis(stack, log_dir)
     sim_port = free_port()
-    sim = spawn(stack, Proc.promptq("sim", ["sim-provider", "--port", str(sim_port)], {}, log_dir))
+    sim = spawn(stack, Child.promptq("sim", ["sim-provider", "--port", str(sim_port)], {}, log_dir))
     sim_url = f"http://127.0.0.1:{sim_port}"
     wait_http(f"{sim_url}/v1/models")
     env = {
@@ -136,12 +136,12 @@ def set_budget(svc: Services, key_name: str, usd: Decimal) -> None:
 
 
 def run_batch(
-    svc: Services, url: str, key: str, path: Path, procs: dict[str, Proc]
+    svc: Services, url: str, key: str, path: Path, procs: dict[str, Child]
 ) -> dict[str, Any]:
     with api_client(url, key) as client:
         file_id, _ = upload(client, path)
         before = upstream_calls(svc)
-        meter = CpuMeter(procs)
+        meter = CpuMeter({**svc.procs, **procs})
         start = time.perf_counter()
         batch, _ = create_batch(client, file_id)
         done = wait_batch(client, batch["id"], 900, procs)
@@ -160,13 +160,14 @@ def run_batch(
         "worker_cpu_ms_per_prompt": round(
             sum(v for k, v in cpu.items() if k.startswith("worker")) * 1000 / lines, 2
         ),
+        "cpu_ms_per_prompt": {k: round(v * 1000 / lines, 3) for k, v in cpu.items()},
         "batch_id": done["id"],
     }
 
 
 def deployment(
     stack: ExitStack, svc: Services, workers: int, concurrency: int
-) -> tuple[str, dict[str, Proc]]:
+) -> tuple[str, dict[str, Child]]:
     api, url = start_api(stack, svc, "api")
     procs = {"api": api}
     for name in worker_names(workers):
@@ -262,21 +263,39 @@ def part_budget(svc: Services, lines: int, concurrency: int) -> dict[str, Any]:
 
 
 def print_summary(results: dict[str, Any]) -> None:
-    c, o, b = results["cache"], results["overhead"], results["budget"]
+    print(f"\n{results['date']}, {results['source']}, {results['machine']['nproc']} CPUs")
+    if "cache" in results:
+        print_cache(results["cache"])
+    if "overhead" in results:
+        print_overhead(results["overhead"])
+    if "budget" in results:
+        print_budget(results["budget"])
+
+
+def print_cache(c: dict[str, Any]) -> None:
     rows = [
         (f"cache off, {c['lines']} lines ({c['distinct']} distinct)", c["cache_off"]),
         ("cache on, first run", c["cache_on"]),
         ("cache on, same file again", c["cache_on_rerun"]),
     ]
-    print(f"\n{results['date']}, {results['source']}, {results['machine']['nproc']} CPUs")
     for name, r in rows:
         print(
             f"{name:<44} calls {r['upstream_calls']:>6}  cost {r['cost_usd']:.6f} USD  "
             f"{r['seconds']:.2f} s  {r['prompts_per_s']:.0f} prompts/s"
         )
+
+
+def print_overhead(o: dict[str, Any]) -> None:
     for name, pps in o["best_prompts_per_s"].items():
         share = o["overhead_vs_plain"][name]
-        print(f"overhead {name:<35} {pps:>8.0f} prompts/s  ({share:+.1%} vs plain)")
+        cpu = [r["worker_cpu_ms_per_prompt"] for r in o["runs"][name]]
+        print(
+            f"overhead {name:<35} {pps:>8.0f} prompts/s  ({share:+.1%} vs plain)  "
+            f"worker CPU {min(cpu):.2f}-{max(cpu):.2f} ms/prompt"
+        )
+
+
+def print_budget(b: dict[str, Any]) -> None:
     print(
         f"budget {b['budget_usd']} USD, 2 workers: spent {b['spent_usd']} "
         f"({b['spent_share_of_budget']:.2%}), jobs' sum {b['jobs_cost_sum_usd']}, "
@@ -291,7 +310,9 @@ def main() -> int:
     parser.add_argument("--budget-lines", type=int, default=3_000)
     parser.add_argument("--concurrency", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--parts", default="cache,overhead,budget", help="a subset to run")
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
     raise_on_sigterm()
     log_dir = OUT_DIR / "logs"
     shutil.rmtree(log_dir, ignore_errors=True)
@@ -304,9 +325,12 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="promptq-bench-cost-") as tmp, ExitStack() as stack:
         svc = start_services(stack, log_dir, Path(tmp))
-        results["cache"] = part_cache(svc, args.lines, args.concurrency)
-        results["overhead"] = part_overhead(svc, args.lines, args.concurrency, args.rounds)
-        results["budget"] = part_budget(svc, args.budget_lines, args.concurrency)
+        if "cache" in parts:
+            results["cache"] = part_cache(svc, args.lines, args.concurrency)
+        if "overhead" in parts:
+            results["overhead"] = part_overhead(svc, args.lines, args.concurrency, args.rounds)
+        if "budget" in parts:
+            results["budget"] = part_budget(svc, args.budget_lines, args.concurrency)
     print_summary(results)
     OUT_DIR.mkdir(exist_ok=True)
     out = OUT_DIR / f"cost-{results['date']}-{int(time.time())}.json"

@@ -4,9 +4,13 @@ Redis; beside a baseline one-process client in the style of OpenAI's cookbook pa
 processor (an in-process bucket holding a minute's capacity, a 15 s pause after a 429).
 
 Each run gets a fresh simulated provider enforcing `--rpm` (and `--tpm`, if given) as
-per-second buckets, as real providers do, and a models file declaring the same limits.
+per-second buckets, as real providers do, and a models file declaring the same limits;
+then runs with `--undeclared-workers` processes whose models file declares no limit, so
+promptq must discover it. The 429s are also counted after the first `--warmup` seconds
+(from the provider's calls log), where discovery must have kept them under 5%.
 
     .venv/bin/python bench/rate_limits.py [--rpm 1200] [--seconds 30] [--workers 1,2,4]
+        [--undeclared-workers 2]
 
 Results: a table on stdout and bench/out/rate_limits-<date>.json; logs in bench/out/logs/.
 """
@@ -30,7 +34,7 @@ from typing import Any
 import aiohttp
 import httpx
 from common import (
-    Proc,
+    Child,
     api_client,
     create_batch,
     free_port,
@@ -53,11 +57,16 @@ MAX_TOKENS = 16
 class Provider:
     """A simulated provider with enforced limits, in a child process."""
 
-    proc: Proc
+    proc: Child
     url: str
 
     def stats(self) -> dict[str, Any]:
         data: dict[str, Any] = httpx.get(f"{self.url}/_sim/stats", timeout=10).json()
+        return data
+
+    def calls(self) -> list[list[Any]]:
+        """(seconds since the first call, status, prompt start) per call, in arrival order."""
+        data: list[list[Any]] = httpx.get(f"{self.url}/_sim/calls", timeout=30).json()["calls"]
         return data
 
 
@@ -69,7 +78,7 @@ def start_provider(
     if args.tpm:
         flags += ["--tpm", str(args.tpm)]
     cmd = [sys.executable, "-m", "promptq.sim_provider", *flags]
-    proc = spawn(stack, Proc(name, cmd, {}, log_dir))
+    proc = spawn(stack, Child(name, cmd, {}, log_dir))
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/_sim/stats")
     return Provider(proc, url)
@@ -97,9 +106,13 @@ def _lines(args: argparse.Namespace) -> int:
 
 
 def _figures(
-    lines: int, elapsed: float, stats: dict[str, Any], args: argparse.Namespace
+    lines: int, elapsed: float, provider: Provider, args: argparse.Namespace
 ) -> dict[str, Any]:
+    stats = provider.stats()
     by_status = stats["by_status"]
+    # After the warm-up: the calls that arrived `args.warmup` s or more after the first.
+    late = [status for at, status, _ in provider.calls() if at >= args.warmup]
+    late_429s = sum(1 for status in late if status == 429)
     ok, limited = int(by_status.get("200", 0)), int(by_status.get("429", 0))
     # The time the limit allows for `lines` requests, counting the provider's 1 s burst.
     burst = max(1.0, args.rpm / 60)
@@ -115,6 +128,9 @@ def _figures(
         "calls": sum(int(n) for n in by_status.values()),
         "429s": limited,
         "429_share": round(limited / max(1, ok + limited), 4),
+        "late_calls": len(late),
+        "late_429s": late_429s,
+        "late_429_share": round(late_429s / len(late), 4) if late else None,
         "elapsed_s": round(elapsed, 2),
         "allowed_s": round(allowed, 2),
         "time_ratio": round(elapsed / allowed, 3) if allowed else None,
@@ -125,8 +141,10 @@ def _figures(
 # --- promptq ----------------------------------------------------------------------------------
 
 
-def write_models_file(path: Path, url: str, args: argparse.Namespace) -> Path:
+def write_models_file(path: Path, url: str, args: argparse.Namespace, declared: bool) -> Path:
     limits = f"rpm = {args.rpm}\n" + (f"tpm = {args.tpm}\n" if args.tpm else "")
+    if not declared:
+        limits = ""
     path.write_text(
         f'[[models]]\nname = "{MODEL}"\nbackend = "openai"\nbase_url = "{url}/v1"\n{limits}'
     )
@@ -141,11 +159,11 @@ class Services:
     env: dict[str, str]
     log_dir: Path
     work_dir: Path
-    procs: dict[str, Proc] = field(default_factory=dict)
+    procs: dict[str, Child] = field(default_factory=dict)
 
 
 def run_promptq(
-    args: argparse.Namespace, workers: int, log_dir: Path, work_dir: Path
+    args: argparse.Namespace, workers: int, log_dir: Path, work_dir: Path, *, declared: bool
 ) -> dict[str, Any]:
     lines = _lines(args)
     with ExitStack() as stack:
@@ -156,7 +174,7 @@ def run_promptq(
             "PROMPTQ_DATABASE_URL": db_url,
             "PROMPTQ_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
             "PROMPTQ_MODELS_FILE": str(
-                write_models_file(work_dir / "models.toml", provider.url, args)
+                write_models_file(work_dir / "models.toml", provider.url, args, declared)
             ),
             "PROMPTQ_HOME": str(work_dir / "home"),
         }
@@ -189,8 +207,13 @@ def run_promptq(
             done = wait_batch(client, batch["id"], args.timeout, procs)
             elapsed = time.perf_counter() - start
         counts = done["request_counts"]
-        result = _figures(lines, elapsed, provider.stats(), args)
-        result.update(workers=workers, completed=counts["completed"], failed=counts["failed"])
+        result = _figures(lines, elapsed, provider, args)
+        result.update(
+            workers=workers,
+            limits="declared" if declared else "undeclared",
+            completed=counts["completed"],
+            failed=counts["failed"],
+        )
         return result
 
 
@@ -281,8 +304,10 @@ def run_baseline(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         start = time.perf_counter()
         tracker = asyncio.run(cookbook_client(provider.url, lines, args))
         elapsed = time.perf_counter() - start
-        result = _figures(lines, elapsed, provider.stats(), args)
-    result.update(workers="cookbook", completed=tracker.succeeded, failed=tracker.failed)
+        result = _figures(lines, elapsed, provider, args)
+    result.update(
+        workers="cookbook", limits="declared", completed=tracker.succeeded, failed=tracker.failed
+    )
     return result
 
 
@@ -297,6 +322,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tpm", type=int, default=0, help="the provider's enforced TPM (0: none)")
     parser.add_argument("--seconds", type=float, default=30, help="batch size, in seconds of limit")
     parser.add_argument("--workers", default="1,2,4", help="worker process counts to measure")
+    parser.add_argument(
+        "--undeclared-workers",
+        default="2",
+        help="worker process counts to measure with no declared limit ('': none)",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=10.0, help="429s are also counted after this many s"
+    )
     parser.add_argument("--concurrency", type=int, default=64, help="per worker process")
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--timeout", type=float, default=600)
@@ -307,12 +340,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def print_table(rows: list[dict[str, Any]]) -> None:
     head = (
         "workers",
+        "limits",
         "lines",
         "completed",
         "failed",
         "calls",
         "429s",
         "429_share",
+        "late_429s",
+        "late_calls",
+        "late_429_share",
         "elapsed_s",
         "allowed_s",
         "limit_used",
@@ -336,7 +373,10 @@ def main() -> int:
             rows.append(run_baseline(args, log_dir))
             print(rows[-1], flush=True)
         for workers in (int(w) for w in args.workers.split(",") if w.strip()):
-            rows.append(run_promptq(args, workers, log_dir, work_dir))
+            rows.append(run_promptq(args, workers, log_dir, work_dir, declared=True))
+            print(rows[-1], flush=True)
+        for workers in (int(w) for w in args.undeclared_workers.split(",") if w.strip()):
+            rows.append(run_promptq(args, workers, log_dir, work_dir, declared=False))
             print(rows[-1], flush=True)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)

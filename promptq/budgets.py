@@ -19,6 +19,7 @@ from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.catalog import ModelEntry
@@ -50,6 +51,7 @@ __all__ = [
     "reserve_many",
     "set_budget",
     "settle",
+    "settle_ended",
     "spent_now",
 ]
 
@@ -105,6 +107,7 @@ def max_cost(entry: ModelEntry, body: Mapping[str, Any], default_completion: int
 _BUDGETS: sa.Table = Budget.__table__  # type: ignore[assignment]
 _JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
 _RESERVATIONS: sa.Table = ReservationRow.__table__  # type: ignore[assignment]
+_ID_ARRAY = postgresql.ARRAY(sa.String())
 
 
 def _current_start(now: datetime) -> sa.ColumnElement[datetime]:
@@ -249,13 +252,21 @@ async def reserve(
 async def reserve_many(
     session: AsyncSession, budget_id: str, asks: Sequence[Ask]
 ) -> list[Reservation]:
-    """Hold money for running jobs against one budget, atomically, in the order asked: the
-    budget row is locked, the asks that fit are granted, and one guarded UPDATE (`spent +
-    reserved + total <= budget`) adds them, with the jobs' reservation rows, in one
-    transaction. One transaction serves many jobs: a worker sends all that are waiting."""
+    """Hold money for running jobs against one budget, atomically, in the order asked: one
+    guarded UPDATE (`spent + reserved + total <= budget`) adds them all, with the jobs'
+    reservation rows, in one transaction; if they do not all fit, the budget row is locked
+    and the asks that fit are granted in order. One transaction serves many jobs: a worker
+    sends all that are waiting."""
     now = utcnow()
     b = _BUDGETS.c
     held = await _held_jobs(session, [a.job for a in asks])
+    mine = [a for a in asks if a.job in held]
+    # The common case first: everything fits, one guarded UPDATE and no locked read.
+    if mine and await _add_reserved(session, budget_id, mine, now):
+        await _hold(session, budget_id, mine, now)
+        await session.commit()
+        return [Reservation.RESERVED if a.job in held else Reservation.LOST for a in asks]
+    # Not all fit: under the budget row's lock, grant in order the asks that do.
     row = (
         await session.execute(
             sa.select(b.budget_usd, b.period, b.period_start, b.spent_usd, b.reserved_usd)
@@ -287,7 +298,21 @@ async def reserve_many(
     if not granted:
         await session.rollback()
         return outcomes
-    total = sum((a.amount for a in granted), _ZERO)
+    if not await _add_reserved(session, budget_id, granted, now):  # not under the row lock
+        await session.rollback()
+        return [Reservation.WAIT if o is Reservation.RESERVED else o for o in outcomes]
+    await _hold(session, budget_id, granted, now)
+    await session.commit()
+    return outcomes
+
+
+async def _add_reserved(
+    session: AsyncSession, budget_id: str, asks: Sequence[Ask], now: datetime
+) -> bool:
+    # The guarded UPDATE that holds the asks' total: spend and reservations never pass the
+    # budget, however many transactions run it at once. False if it would.
+    b = _BUDGETS.c
+    total = sum((a.amount for a in asks), _ZERO)
     got = await session.execute(
         sa.update(_BUDGETS)
         .where(
@@ -304,44 +329,54 @@ async def reserve_many(
             updated_at=now,
         )
     )
-    if got.rowcount != 1:  # type: ignore[attr-defined]  # cannot happen under the row lock
-        await session.rollback()
-        return [Reservation.WAIT if o is Reservation.RESERVED else o for o in outcomes]
-    await _hold(session, budget_id, granted, now)
-    await session.commit()
-    return outcomes
+    return bool(got.rowcount == 1)  # type: ignore[attr-defined]
 
 
 async def _held_jobs(session: AsyncSession, jobs: Sequence[HeldJob]) -> set[HeldJob]:
     # Which of `jobs` are still running under the lease they were claimed with.
     j = _JOBS.c
+    ids = [job.id for job in jobs]
+    dialect = session.get_bind().dialect.name
     rows = await session.execute(
         sa.select(j.id, j.attempts, j.lease_owner).where(
-            j.id.in_([job.id for job in jobs]), j.status == JobStatus.RUNNING
+            _among(j.id, ids, dialect), j.status == JobStatus.RUNNING
         )
     )
     return {HeldJob(r.id, r.attempts, r.lease_owner) for r in rows}
 
 
-async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
-    # The jobs' reservation rows: a job asking again (escalation) tops its row up.
+def _upsert_reservation(dialect: str) -> sa.Insert:
+    # One statement for every granted ask (executemany): a job asking again (escalation)
+    # tops its row up.
+    insert = (
+        postgresql.insert(_RESERVATIONS)
+        if dialect == "postgresql"
+        else sqlite.insert(_RESERVATIONS)
+    )
     r = _RESERVATIONS.c
-    ids = [a.job.id for a in granted]
-    existing = set((await session.execute(sa.select(r.job_id).where(r.job_id.in_(ids)))).scalars())
-    fresh = [
+    return insert.on_conflict_do_update(
+        index_elements=[r.job_id], set_={"amount_usd": r.amount_usd + insert.excluded.amount_usd}
+    )
+
+
+_UPSERTS = {name: _upsert_reservation(name) for name in ("postgresql", "sqlite")}
+
+
+async def _hold(session: AsyncSession, budget_id: str, granted: list[Ask], now: datetime) -> None:
+    # The jobs' reservation rows, as one cached statement run for every row.
+    rows = [
         {"job_id": a.job.id, "budget_id": budget_id, "amount_usd": a.amount, "created_at": now}
         for a in granted
-        if a.job.id not in existing
     ]
-    if fresh:
-        await session.execute(sa.insert(_RESERVATIONS), fresh)
-    for ask in granted:
-        if ask.job.id in existing:
-            await session.execute(
-                sa.update(_RESERVATIONS)
-                .where(r.job_id == ask.job.id)
-                .values(amount_usd=r.amount_usd + ask.amount)
-            )
+    await session.execute(_UPSERTS[session.get_bind().dialect.name], rows)
+
+
+def _among(column: sa.ColumnElement[str], values: Sequence[str], dialect: str) -> Any:
+    # `column IN (...)`; on Postgres `= ANY(:array)`, one SQL text whatever the count, so
+    # the driver parses and prepares it once.
+    if dialect == "postgresql":
+        return column == sa.any_(sa.bindparam(None, list(values), type_=_ID_ARRAY))
+    return column.in_(list(values))
 
 
 async def settle(
@@ -383,6 +418,51 @@ async def settle(
         await _settle_budget(session, budget_id, by_budget[budget_id], now)
     await session.commit()
     return len(rows)
+
+
+def settle_ended(
+    conn: sa.Connection, ended: Sequence[tuple[str, str, Decimal]], now: datetime
+) -> None:
+    """Settle, in the connection's transaction, the reservations of jobs that end in it:
+    (job id, budget id, cost) each. The worker's result write does this with the jobs'
+    final states, so no other transaction is needed; on Postgres it is one statement per
+    budget (deleting the reservations and updating the budget)."""
+    by_budget: dict[str, tuple[list[str], Decimal]] = {}
+    for job_id, budget_id, cost in ended:
+        ids, spent = by_budget.get(budget_id, ([], _ZERO))
+        by_budget[budget_id] = ([*ids, job_id], spent + cost)
+    for budget_id in sorted(by_budget):  # one order everywhere: no deadlock between writers
+        ids, spent = by_budget[budget_id]
+        _settle_jobs(conn, budget_id, ids, spent, now)
+
+
+def _settle_jobs(
+    conn: sa.Connection, budget_id: str, ids: list[str], spent: Decimal, now: datetime
+) -> None:
+    # The jobs' cost is spent; what they held is given back. A job that held nothing (a
+    # model priced at zero) cost nothing.
+    b, r = _BUDGETS.c, _RESERVATIONS.c
+    ended = sa.and_(r.budget_id == budget_id, _among(r.job_id, ids, conn.dialect.name))
+    returned: Any
+    if conn.dialect.name == "postgresql":
+        gone = sa.delete(_RESERVATIONS).where(ended).returning(r.amount_usd).cte("gone")
+        returned = sa.select(sa.func.coalesce(sa.func.sum(gone.c.amount_usd), 0))
+        returned = returned.scalar_subquery()
+    else:
+        held = conn.execute(sa.select(sa.func.sum(r.amount_usd)).where(ended)).scalar()
+        conn.execute(sa.delete(_RESERVATIONS).where(ended))
+        returned, gone = Decimal(held or 0), None
+    update = (
+        sa.update(_BUDGETS)
+        .where(b.id == budget_id)
+        .values(
+            spent_usd=_spent_in_period(now) + spent,
+            period_start=_current_start(now),
+            reserved_usd=b.reserved_usd - returned,
+            updated_at=now,
+        )
+    )
+    conn.execute(update if gone is None else update.add_cte(gone))
 
 
 async def _settle_budget(

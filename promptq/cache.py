@@ -17,10 +17,12 @@ import hashlib
 import json
 import secrets
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from promptq.constants import CACHE_LOCK_PREFIX, CACHE_PREFIX
 
@@ -86,7 +88,9 @@ class CachedAnswer:
     source_job_id: str
 
     def dumps(self) -> bytes:
-        return json.dumps(asdict(self), separators=(",", ":")).encode()
+        # Not dataclasses.asdict: it deep-copies the response first.
+        fields = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+        return json.dumps(fields, separators=(",", ":")).encode()
 
     @classmethod
     def loads(cls, raw: bytes | str) -> CachedAnswer:
@@ -115,8 +119,8 @@ class ResponseCache:
         self._redis = redis
         self._lock_ms = max(1, int(lock_seconds * 1000))
         self._local: dict[str, asyncio.Event] = {}  # keys this process is leading
-        self._lookup = redis.register_script(_LOOKUP)
-        self._store = redis.register_script(_STORE_AND_UNLOCK)
+        self._lookup = _Together(redis, _LOOKUP)
+        self._store = _Together(redis, _STORE_AND_UNLOCK)
         self.counters = {"hits": 0, "misses": 0, "waits": 0}
 
     async def get(self, key: str) -> CachedAnswer | None:
@@ -136,7 +140,7 @@ class ResponseCache:
             if local is None:
                 token = secrets.token_hex(8)
                 keys = [CACHE_PREFIX + key, CACHE_LOCK_PREFIX + key]
-                found, raw = await self._lookup(keys=keys, args=[token, self._lock_ms])
+                found, raw = await self._lookup(keys, [token, self._lock_ms])
                 if int(found) == 1:
                     self.counters["hits"] += 1
                     return Hit(CachedAnswer.loads(raw))
@@ -175,7 +179,60 @@ class ResponseCache:
         try:
             keys = [CACHE_PREFIX + lead.key, CACHE_LOCK_PREFIX + lead.key]
             ttl = "" if ttl_seconds is None else str(ttl_seconds)
-            await self._store(keys=keys, args=[lead.token, ttl, value])
+            await self._store(keys, [lead.token, ttl, value])
         finally:
             if event is not None:
                 event.set()
+
+
+_Call = tuple[list[str], list[Any], "asyncio.Future[Any]"]
+
+
+class _Together:
+    """One Lua script, called by many jobs: the calls made at about the same moment (the
+    jobs of a chunk start together) go to Redis in one pipeline, one round trip and one
+    pooled connection for all of them, instead of one each."""
+
+    def __init__(self, redis: aioredis.Redis, script: str) -> None:
+        self._redis = redis
+        self._script = script
+        self._sha = hashlib.sha1(script.encode()).hexdigest()
+        self._calls: list[_Call] = []
+        self._sender: asyncio.Task[None] | None = None
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._calls.append((keys, args, future))
+        if self._sender is None:
+            self._sender = loop.create_task(self._send())
+        return await future
+
+    async def _send(self) -> None:
+        try:
+            while self._calls:
+                calls, self._calls = self._calls, []
+                try:
+                    results = await self._run(calls)
+                except Exception as exc:
+                    results = [exc] * len(calls)
+                for (_, _, future), result in zip(calls, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._sender = None
+
+    async def _run(self, calls: list[_Call]) -> list[Any]:
+        for _ in range(2):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _future in calls:
+                    pipe.evalsha(self._sha, len(keys), *keys, *args)
+                results: list[Any] = await pipe.execute(raise_on_error=False)
+            if not any(isinstance(r, NoScriptError) for r in results):
+                break
+            await self._redis.script_load(self._script)  # Redis was restarted or flushed
+        return results

@@ -100,6 +100,9 @@ class ModelEntry(BaseModel):
     max_num_seqs: int = Field(default=32, gt=0)
     # Running slots kept free of bulk work so an interactive request starts at once.
     interactive_slots: int = Field(default=2, ge=0)
+    # An interactive request that finds no free slot aborts the lowest-priority running bulk
+    # request, which runs again first in line (same attempt, billed once).
+    preempt: bool = True
     dtype: str = "auto"
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     cpu_kvcache_gib: float | None = Field(default=None, gt=0)

@@ -275,34 +275,20 @@ def results(
     typer.echo(f"{lines} lines written to {output}")
 
 
-@app.command("sim-provider")
-def sim_provider(
-    port: int = 9100,
-    host: str = "127.0.0.1",
-    latency_ms: float = 0.0,
-    output_tokens: int = 16,
-    fail_429_rate: float = 0.0,
-    fail_500_rate: float = 0.0,
-    retry_after: float = 1.0,
-    api_key: str | None = None,
-    seed: int = 0,
-) -> None:
-    """Serve the simulated provider (OpenAI and Anthropic shapes) for tests and benchmarks."""
-    from promptq.sim_provider import SimConfig, serve
+@app.command(
+    "sim-provider",
+    add_help_option=False,
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def sim_provider(ctx: typer.Context) -> None:
+    """Serve the simulated provider (OpenAI and Anthropic shapes) for tests and benchmarks.
 
-    serve(
-        host,
-        port,
-        SimConfig(
-            latency_ms=latency_ms,
-            output_tokens=output_tokens,
-            fail_429_rate=fail_429_rate,
-            fail_500_rate=fail_500_rate,
-            retry_after=retry_after,
-            api_key=api_key,
-            seed=seed,
-        ),
-    )
+    Takes every option of `python -m promptq.sim_provider` (limits, outages, latency);
+    `promptq sim-provider --help` lists them.
+    """
+    from promptq.sim_provider import main
+
+    main(ctx.args, prog="promptq sim-provider")
 
 
 @app.command()

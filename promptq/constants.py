@@ -9,10 +9,13 @@ __all__ = [
     "BROKER_UNACKED_KEY",
     "CACHE_LOCK_PREFIX",
     "CACHE_PREFIX",
+    "GPU_INTERACTIVE_QUEUE_PREFIX",
     "GPU_QUEUE_PREFIX",
     "PRIORITY_STEPS",
     "RATE_LIMIT_PREFIX",
     "RATE_SLOTS_PREFIX",
+    "RATE_WAIT_PREFIX",
+    "RATE_WAIT_SEEN_PREFIX",
     "REMOTE_INTERACTIVE_QUEUE",
     "REMOTE_QUEUE",
     "SEMANTIC_PREFIX",
@@ -32,6 +35,9 @@ REMOTE_QUEUE = "promptq.remote"
 REMOTE_INTERACTIVE_QUEUE = "promptq.remote.interactive"
 #: GPU queues are per model: a GPU worker loads one engine for one model.
 GPU_QUEUE_PREFIX = "promptq.gpu."
+#: Interactive chunks for a model's GPU workers, taken by a consumer of their own (a prefix
+#: apart, so that no model name makes one queue name both a GPU and an interactive queue).
+GPU_INTERACTIVE_QUEUE_PREFIX = "promptq.gpu-interactive."
 #: The Celery task that runs a micro-batch (a chunk of job ids).
 TASK_RUN_CHUNK = "promptq.run_chunk"
 #: Redis priority levels per queue; 0 is served first.
@@ -55,6 +61,10 @@ SEMANTIC_PREFIX = "promptq:semcache:"
 RATE_LIMIT_PREFIX = "promptq:rl:"
 #: Per-deployment requests in flight (a sorted set of slot ids scored by their expiry).
 RATE_SLOTS_PREFIX = "promptq:rl-slots:"
+#: Per-deployment waiting room: each process's lane scored by its first waiter's (band,
+#: priority, arrival), and (`..-seen:`) when each lane lapses if not heard from again.
+RATE_WAIT_PREFIX = "promptq:rl-wait:"
+RATE_WAIT_SEEN_PREFIX = "promptq:rl-wait-seen:"
 #: Per-deployment circuit breaker state (a hash).
 BREAKER_PREFIX = "promptq:cb:"
 
@@ -62,6 +72,11 @@ BREAKER_PREFIX = "promptq:cb:"
 def gpu_queue(model: str) -> str:
     """The queue a GPU worker for `model` consumes."""
     return f"{GPU_QUEUE_PREFIX}{model}"
+
+
+def gpu_interactive_queue(model: str) -> str:
+    """The interactive queue a GPU worker for `model` consumes on a thread of its own."""
+    return f"{GPU_INTERACTIVE_QUEUE_PREFIX}{model}"
 
 
 def worker_beat_key(kind: str, owner: str) -> str:

@@ -12,6 +12,7 @@ PromptqError
     ├── RetryableError          try again later (429, 5xx, timeouts, lost worker)
     │   └── RateLimited         honours the provider's Retry-After
     └── TerminalError           retrying cannot help (400, 401, 404, prompt too long)
+        └── DeadlineExceeded    its deadline or batch window passed before it was sent
 
 Every API error goes through one handler (promptq.api.errors); the codes are listed in
 docs/errors.md, which a test keeps in step with the code."""
@@ -24,6 +25,7 @@ __all__ = [
     "ApiError",
     "AttemptError",
     "ConfigError",
+    "DeadlineExceeded",
     "InvalidRequest",
     "ModelNotFound",
     "NotFound",
@@ -133,3 +135,8 @@ class RateLimited(RetryableError):
 
 class TerminalError(AttemptError):
     """Retrying cannot help: the provider refused the request, or the prompt cannot fit."""
+
+
+class DeadlineExceeded(TerminalError):
+    """The job's deadline (`deadline_exceeded`) or its batch's window (`batch_expired`)
+    passed before it could be sent to its provider; the job ends `expired`."""

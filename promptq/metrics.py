@@ -19,6 +19,8 @@ __all__ = [
     "IN_FLIGHT",
     "JOBS_FINISHED",
     "JOB_DURATION",
+    "PREEMPTED",
+    "PREEMPTED_TOKENS",
     "PROVIDER_REQUESTS",
     "PURGED",
     "QUEUE_WAIT",
@@ -72,6 +74,17 @@ ENGINE_REQUESTS = Gauge(
     "promptq_engine_requests",
     "Requests inside the GPU worker's engine, by state: running or waiting.",
     ["model", "state"],
+)
+PREEMPTED = Counter(
+    "promptq_preempted",
+    "Bulk requests the GPU worker aborted so that an interactive one starts at once; each "
+    "runs again, first in line.",
+    ["model"],
+)
+PREEMPTED_TOKENS = Counter(
+    "promptq_preempted_tokens",
+    "Tokens preempted requests had generated before the abort: work done twice.",
+    ["model"],
 )
 PURGED = Counter("promptq_purged_rows", "Rows removed by retention, per table.", ["table"])
 SWEEPER_ACTIONS = Counter(

@@ -83,7 +83,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     #: Cancelled before it finished (by the client or its batch).
     CANCELLED = "cancelled"
-    #: Its batch's completion window passed before it finished.
+    #: Its batch's completion window (or its own deadline) passed before it was sent.
     EXPIRED = "expired"
 
 
@@ -353,6 +353,10 @@ class Job(Base):
     waiting_reason: Mapped[str | None] = mapped_column(sa.String(32))
     # The model that actually served the job (a fallback's name when one served it).
     served_by: Mapped[str | None] = mapped_column(sa.String(200))
+    # A native job's deadline (POST /v1/jobs `deadline` / `timeout_seconds`): it is not
+    # sent to its provider after this, and waiting for capacity ends here (`expired`,
+    # `deadline_exceeded`). A batch line's is its batch's `expires_at`.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSONType)
     webhook_url: Mapped[str | None] = mapped_column(sa.Text)
     # Cost control (promptq.budgets, promptq.cache): the key that submitted the job, the

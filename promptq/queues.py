@@ -4,7 +4,14 @@ batches and the dispatcher all ask it)."""
 from __future__ import annotations
 
 from promptq.catalog import Backend, ModelEntry
-from promptq.constants import PRIORITY_STEPS, REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, gpu_queue
+from promptq.constants import (
+    GPU_QUEUE_PREFIX,
+    PRIORITY_STEPS,
+    REMOTE_INTERACTIVE_QUEUE,
+    REMOTE_QUEUE,
+    gpu_interactive_queue,
+    gpu_queue,
+)
 
 __all__ = [
     "BULK_BAND",
@@ -49,8 +56,12 @@ def runs_alone(lost_count: int) -> bool:
 
 
 def delivery_queue(queue: str, step: int) -> str:
-    """The queue a chunk is sent to: interactive remote chunks go to the remote workers'
-    own interactive consumer."""
-    if queue == REMOTE_QUEUE and step < BULK_BAND:
+    """The queue a chunk is sent to: interactive chunks go to the workers' own interactive
+    consumer (the remote workers', or the GPU workers' of that model)."""
+    if step >= BULK_BAND:
+        return queue
+    if queue == REMOTE_QUEUE:
         return REMOTE_INTERACTIVE_QUEUE
+    if queue.startswith(GPU_QUEUE_PREFIX):
+        return gpu_interactive_queue(queue.removeprefix(GPU_QUEUE_PREFIX))
     return queue

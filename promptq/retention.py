@@ -27,6 +27,7 @@ from sqlalchemy.orm import InstrumentedAttribute
 from promptq.config import Settings
 from promptq.db import Database
 from promptq.errors import InvalidRequest
+from promptq.idempotency import delete_expired_keys
 from promptq.metrics import PURGED
 from promptq.models import (
     TERMINAL_BATCH_STATUSES,
@@ -199,6 +200,10 @@ async def purge(db: Database, settings: Settings, now: datetime | None = None) -
             WebhookEvent.created_at < cutoff,
         )
         counts["webhook_events"] += await _delete_in_chunks(db, WebhookEvent.id, done, chunk)
+    async with db.session() as session:  # replays past their time to live (never served)
+        counts["idempotency_keys"] += await delete_expired_keys(
+            session, settings.idempotency_ttl_seconds
+        )
     purged = {table: n for table, n in sorted(counts.items()) if n}
     for table, n in purged.items():
         PURGED.labels(table).inc(n)

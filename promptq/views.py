@@ -82,6 +82,8 @@ class JobOut(BaseModel):
     waiting_reason: str | None = None
     #: The model that served the job (a fallback's name when one did).
     served_by: str | None = None
+    #: The job's deadline (unix seconds), if it was given one.
+    deadline_at: int | None = None
     error: JobError | None
     metadata: dict[str, Any] | None
     cached: bool = False
@@ -116,6 +118,7 @@ def job_out(job: Job) -> JobOut:
         ttft_ms=job.ttft_ms,
         waiting_reason=job.waiting_reason,
         served_by=job.served_by,
+        deadline_at=_ts(job.deadline_at),
         error=JobError(code=job.error_code, message=job.error_message or "")
         if job.error_code and not done
         else None,

@@ -57,16 +57,7 @@ def sim_url(log_dir: Path) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def models_file(tmp_path_factory: pytest.TempPathFactory, sim_url: str) -> Path:
     path = tmp_path_factory.mktemp("conf") / "models.toml"
-    path.write_text(f"""
-[[models]]
-name = "sim-gpt"
-backend = "openai"
-base_url = "{sim_url}/v1"
-api_key_env = "SIM_PROVIDER_KEY"
-upstream = "gpt-sim"
-input_per_mtok = {SIM_PRICES["input"]}
-output_per_mtok = {SIM_PRICES["output"]}
-
+    path.write_text(f"""{sim_gpt_toml(sim_url)}
 [[models]]
 name = "sim-claude"
 backend = "anthropic"
@@ -76,6 +67,20 @@ input_per_mtok = 3
 output_per_mtok = 15
 """)
     return path
+
+
+def sim_gpt_toml(sim_url: str) -> str:
+    """The models-file entry for `sim-gpt`, the simulated provider's OpenAI-style model."""
+    return f"""
+[[models]]
+name = "sim-gpt"
+backend = "openai"
+base_url = "{sim_url}/v1"
+api_key_env = "SIM_PROVIDER_KEY"
+upstream = "gpt-sim"
+input_per_mtok = {SIM_PRICES["input"]}
+output_per_mtok = {SIM_PRICES["output"]}
+"""
 
 
 def stack_env(pg_url: str, redis_url: str, models_file: Path, home: Path) -> dict[str, str]:

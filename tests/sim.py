@@ -10,7 +10,10 @@ import httpx
 
 from tests.procs import Child, free_port, wait_http
 
-__all__ = ["SimServer"]
+__all__ = ["Call", "SimServer", "calls_between", "late_share"]
+
+#: One call as the provider logged it: seconds since the first call, status, prompt start.
+Call = tuple[float, int, str]
 
 
 class SimServer:
@@ -39,5 +42,24 @@ class SimServer:
             return sum(by_status.values())
         return int(by_status.get(str(status), 0))
 
+    def calls_log(self) -> list[Call]:
+        """Every call in order of arrival (see promptq.sim_provider.simulator)."""
+        calls = httpx.get(f"{self.url}/_sim/calls", timeout=30).json()["calls"]
+        return [(float(at), int(status), str(tag)) for at, status, tag in calls]
+
     def stop(self) -> None:
         self.proc.stop()
+
+
+def late_share(calls: list[Call], status: int, after: float) -> tuple[int, int]:
+    """(calls answered `status`, all calls) among those that arrived `after` seconds or
+    more after the first."""
+    late = [c for c in calls if c[0] >= after]
+    return sum(1 for c in late if c[1] == status), len(late)
+
+
+def calls_between(calls: list[Call], since: int, tag: str) -> int:
+    """How many calls reached the provider after its first `since` calls and before the
+    first whose prompt starts with `tag`."""
+    first = next(i for i, c in enumerate(calls) if c[2].startswith(tag))
+    return first - since

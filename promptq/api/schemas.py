@@ -77,11 +77,24 @@ class JobCreate(_Input, ChatRequest):
     cache: bool | None = Field(
         default=None, description="false: never answer this request from the response cache."
     )
+    deadline: str | None = Field(
+        default=None,
+        max_length=64,
+        description="An RFC 3339 time (with an offset) after which the job is not sent to "
+        "its provider: waiting for capacity, a 429 or an open circuit ends there and the "
+        "job ends expired (deadline_exceeded). At most 30 days away.",
+        json_schema_extra={"format": "date-time"},
+    )
+    timeout_seconds: float | None = Field(
+        default=None,
+        description="The deadline as seconds from submission (instead of deadline).",
+    )
 
     def request_body(self) -> dict[str, Any]:
         """The body sent to the backend: everything but promptq's own fields."""
         return self.model_dump(
-            exclude={"priority", "metadata", "webhook_url", "cache"}, exclude_none=True
+            exclude={"priority", "metadata", "webhook_url", "cache", "deadline", "timeout_seconds"},
+            exclude_none=True,
         )
 
 

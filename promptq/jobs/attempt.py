@@ -32,6 +32,9 @@ class ClaimedJob:
     budget_id: str | None = None
     cache_opt_out: bool = False
     task: str | None = None
+    #: When it stops waiting for provider capacity: its own deadline, or its batch's
+    #: expiry (None: never).
+    deadline: datetime | None = None
 
     @classmethod
     def claimed(cls, row: Any, owner: str) -> ClaimedJob:
@@ -52,6 +55,7 @@ class ClaimedJob:
             budget_id=row.budget_id,
             cache_opt_out=bool(row.cache_opt_out),
             task=_task(row.job_metadata),
+            deadline=row.deadline,
         )
 
     def next_attempt(self) -> ClaimedJob:
@@ -73,6 +77,8 @@ class JobFailure:
     code: str
     message: str
     provider_status: int | None = None
+    #: The job ends `expired` (its deadline passed while it waited), not `failed`.
+    expired: bool = False
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,11 @@ class JobErrorCode(StrEnum):
     JOB_CANCELLED = "job_cancelled"
     #: Its batch was cancelled before this line ran.
     BATCH_CANCELLED = "batch_cancelled"
-    #: Its batch's completion window ended before this line ran.
+    #: Its batch's completion window ended before this line ran (or while it waited for
+    #: provider capacity or a closed circuit).
     BATCH_EXPIRED = "batch_expired"
+    #: The native job's deadline passed before it could be sent to its provider.
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     #: The job or line names a model the models file does not list.
     MODEL_NOT_FOUND = "model_not_found"
 

@@ -6,6 +6,7 @@ statement with these states, and docs/design.md draws the same table (a test che
                  refuse_line──▶ failed ◀──fail / fail_lost──┘
     queued ◀──release / requeue── running;  queued|running ──cancel──▶ cancelled
     queued ──cancel_lines──▶ cancelled;  queued ──expire_lines──▶ expired
+    running ──expire──▶ expired (its deadline or batch window passed while it waited)
 
 Adding a transition (waiting for a rate limit, a budget refusal, a cache hit ...): add a
 `Transition` here and to `TRANSITIONS`, write its one guarded statement in
@@ -24,6 +25,7 @@ __all__ = [
     "CANCEL_LINES",
     "CLAIM",
     "CREATE_LINE",
+    "EXPIRE",
     "EXPIRE_LINES",
     "FAIL",
     "FAIL_LOST",
@@ -85,6 +87,13 @@ WAIT = Transition(
 )
 SUCCEED = Transition("succeed", (R,), JobStatus.SUCCEEDED, "job.succeeded", why="a result")
 FAIL = Transition("fail", (R,), JobStatus.FAILED, "job.failed", why="a terminal error")
+EXPIRE = Transition(
+    "expire",
+    (R,),
+    JobStatus.EXPIRED,
+    "job.expired",
+    why="its deadline (or batch window) passed before it could be sent to its provider",
+)
 RELEASE = Transition("release", (R,), Q, why="a clean shutdown hands the job back")
 REQUEUE = Transition(
     "requeue",
@@ -139,6 +148,7 @@ TRANSITIONS = (
     WAIT,
     SUCCEED,
     FAIL,
+    EXPIRE,
     RELEASE,
     REQUEUE,
     FAIL_LOST,

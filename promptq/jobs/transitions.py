@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from promptq.budgets import settle_ended
 from promptq.bulk_copy import copy_rows
 from promptq.jobs.attempt import ClaimedJob, Finished, JobFailure, JobOutcome
 from promptq.jobs.events import emit_job_events
@@ -27,6 +29,7 @@ from promptq.jobs.lifecycle import (
     CANCEL_LINES,
     CLAIM,
     CREATE_LINE,
+    EXPIRE,
     EXPIRE_LINES,
     FAIL,
     FAIL_LOST,
@@ -43,7 +46,7 @@ from promptq.jobs.lifecycle import (
     Transition,
 )
 from promptq.ledger import insert_usage_rows
-from promptq.models import Job, utcnow
+from promptq.models import Batch, Job, utcnow
 
 __all__ = [
     "cancel",
@@ -65,6 +68,7 @@ __all__ = [
 ]
 
 _JOBS: sa.Table = Job.__table__  # type: ignore[assignment]
+_BATCHES: sa.Table = Batch.__table__  # type: ignore[assignment]
 
 
 def _from(transition: Transition) -> sa.ColumnElement[bool]:
@@ -183,6 +187,13 @@ async def claim(
             c.budget_id,
             c.cache_opt_out,
             c["metadata"].label("job_metadata"),
+            # A native job's own deadline, else its batch's expiry.
+            sa.func.coalesce(
+                c.deadline_at,
+                sa.select(_BATCHES.c.expires_at)
+                .where(_BATCHES.c.id == c.batch_id)
+                .scalar_subquery(),
+            ).label("deadline"),
         )
     )
     rows = (await session.execute(stmt)).all()
@@ -308,6 +319,7 @@ _RESULT_COLUMNS = (
 )
 _SUCCEED = _finishing(SUCCEED, (*_FINAL_COLUMNS, *_RESULT_COLUMNS))
 _FAIL = _finishing(FAIL, _FINAL_COLUMNS)
+_EXPIRE = _finishing(EXPIRE, _FINAL_COLUMNS)
 
 
 def _final_update(job: ClaimedJob, result: JobOutcome | JobFailure, now: datetime) -> Guarded:
@@ -323,7 +335,7 @@ def _final_update(job: ClaimedJob, result: JobOutcome | JobFailure, now: datetim
             p_error_message=result.message,
             p_error_status=result.provider_status,
         )
-        return _FAIL, params
+        return (_EXPIRE if result.expired else _FAIL), params
     params.update(
         p_error_code=None,
         p_error_message=None,
@@ -369,20 +381,29 @@ def _write_finished(session: Session, finished: Sequence[Finished]) -> list[bool
         if ok and isinstance(result, JobOutcome)
     ]
     insert_usage_rows(session.connection(), ledger)
+    # Budget reservations are settled with the final states: no transaction of their own.
+    budgeted = [
+        (job.id, job.budget_id, result.cost_usd if isinstance(result, JobOutcome) else Decimal(0))
+        for (job, result), ok in zip(finished, stored, strict=True)
+        if ok and job.budget_id is not None
+    ]
+    if budgeted:
+        settle_ended(session.connection(), budgeted, now)
     return stored
 
 
 async def record_finished(session: AsyncSession, finished: Sequence[Finished]) -> list[bool]:
-    """SUCCEED / FAIL for a group of finished attempts in one transaction: per job a guarded
-    UPDATE to its final state (with the result), one INSERT of the ledger rows of the
-    succeeded ones, the webhook events of those that have a webhook_url, one COMMIT.
+    """SUCCEED / FAIL / EXPIRE for a group of finished attempts in one transaction: per job
+    a guarded UPDATE to its final state (with the result), one INSERT of the ledger rows of the
+    succeeded ones, the settlement of their budget reservations, the webhook events of
+    those that have a webhook_url, one COMMIT.
     Returns, per item, whether it was stored (False: the lease was lost, e.g. re-queued,
     cancelled or already finished). On an error nothing is stored."""
     if not finished:
         return []
     stored = await session.run_sync(_write_finished, finished)
     announced = {
-        job.id: str(SUCCEED.event if isinstance(result, JobOutcome) else FAIL.event)
+        job.id: str(_transition_of(result).event)
         for (job, result), ok in zip(finished, stored, strict=True)
         if ok and job.webhook_url
     }
@@ -393,6 +414,12 @@ async def record_finished(session: AsyncSession, finished: Sequence[Finished]) -
     else:
         await session.rollback()
     return stored
+
+
+def _transition_of(result: JobOutcome | JobFailure) -> Transition:
+    if isinstance(result, JobOutcome):
+        return SUCCEED
+    return EXPIRE if result.expired else FAIL
 
 
 async def record_success(session: AsyncSession, job: ClaimedJob, outcome: JobOutcome) -> bool:

@@ -3,7 +3,10 @@
 Each deployment has one lane per process: waiters queue in (band, priority, arrival)
 order and one poller asks Redis for the head's admission, sleeping for the wait Redis
 reports. So Redis sees one request per grant or per wait, not one per waiting job, and
-an interactive job that arrives jumps every bulk job waiting in this process.
+an interactive job that arrives jumps every bulk job waiting in this process. Across
+processes, each lane holds a place in the deployment's shared waiting room, scored by its
+head: Redis grants capacity to the lane whose head comes first, so the (band, priority,
+arrival) order holds for every waiter of every process.
 """
 
 from __future__ import annotations
@@ -12,13 +15,15 @@ import asyncio
 import contextlib
 import heapq
 import itertools
-from collections import Counter, deque
+import time
+import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
 
-from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter
+from promptq.scheduler.rate_limit import DeploymentLimits, Place, RateLimiter
 
 __all__ = ["AdmissionGate", "Permit", "WaitExpired"]
 
@@ -45,6 +50,7 @@ class Permit:
 @dataclass(order=True)
 class _Waiter:
     order: tuple[int, int, int]
+    score: int = field(compare=False)  # its place in the shared waiting room
     tokens: int = field(compare=False)
     interactive: bool = field(compare=False)
     slot_id: str = field(compare=False)
@@ -58,44 +64,83 @@ class _Lane:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     reason: str = ""
+    in_room: bool = False  # this lane has a place in the shared waiting room
+
+
+@dataclass(order=True)
+class _Entrant:
+    order: tuple[int, int, int]
+    interactive: bool = field(compare=False)
+    future: asyncio.Future[bool] = field(compare=False)
 
 
 class _SlowStart:
-    """An in-process concurrency cap that grows by one per success."""
+    """An in-process concurrency cap that grows by one per success. Waiters go in (band,
+    priority, arrival) order, and bulk calls keep `reserve` of the cap free for
+    interactive ones, as the shared limits do."""
 
-    def __init__(self, start: int, ceiling: int) -> None:
-        self.cap, self.ceiling = start, ceiling
+    def __init__(self, start: int, ceiling: int, reserve: float) -> None:
+        self.cap, self.ceiling, self.reserve = start, ceiling, reserve
         self.in_flight = 0
         self.shared = False  # the deployment is admitted through Redis from now on
-        self._waiters: deque[asyncio.Future[bool]] = deque()
+        self._waiters: list[_Entrant] = []
 
-    async def enter(self) -> bool:
-        """Wait for room; False if the deployment went shared meanwhile."""
+    def _room_for(self, interactive: bool) -> bool:
+        limit = self.cap if interactive else max(1, int(self.cap * (1 - self.reserve)))
+        return self.in_flight < limit
+
+    async def enter(
+        self, order: tuple[int, int, int], interactive: bool, max_wait: float | None = None
+    ) -> bool:
+        """Wait for room; False if the deployment went shared meanwhile; WaitExpired after
+        `max_wait` seconds (None: never)."""
         if self.shared:
             return False
-        if self.in_flight < self.cap and not self._waiters:
+        ahead = bool(self._waiters) and self._waiters[0].order < order
+        if self._room_for(interactive) and not ahead:
             self.in_flight += 1
             return True
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        return await waiter  # True: a leaving call handed its slot over
+        entrant = _Entrant(order, interactive, asyncio.get_running_loop().create_future())
+        heapq.heappush(self._waiters, entrant)
+        waiter = entrant.future
+        try:
+            # True: a leaving call handed its slot over.
+            return await asyncio.wait_for(asyncio.shield(waiter), max_wait)
+        except TimeoutError:
+            # Handed over just as the wait ended: hand it on.
+            if waiter.done() and not waiter.cancelled() and waiter.result():
+                self.leave(ok=False)
+            raise WaitExpired("no room in the slow start in time") from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()  # `leave` skips it
 
     def leave(self, *, ok: bool) -> None:
         self.in_flight -= 1
         if ok:
             self.cap = min(self.ceiling, self.cap + 1)
-        while self._waiters and self.in_flight < self.cap:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                self.in_flight += 1
-                waiter.set_result(True)
+        while self._waiters:
+            head = self._waiters[0]
+            if head.future.done():
+                heapq.heappop(self._waiters)
+                continue
+            if not self._room_for(head.interactive):
+                return
+            heapq.heappop(self._waiters)
+            self.in_flight += 1
+            head.future.set_result(True)
 
     def share(self) -> None:
         self.shared = True
-        while self._waiters:
-            waiter = self._waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(False)
+        for entrant in self._waiters:
+            if not entrant.future.done():
+                entrant.future.set_result(False)
+        self._waiters.clear()
+
+
+def _next_score(heap: list[_Waiter]) -> int | None:
+    # The waiter after the head is one of its children in the heap.
+    return min((w.score for w in heap[1:3] if not w.future.done()), default=None)
 
 
 def _remove(heap: list[_Waiter], waiter: _Waiter) -> None:
@@ -116,6 +161,7 @@ class AdmissionGate:
         self._seq = itertools.count()
         self._expected: Counter[str] = Counter()
         self._local: dict[str, _SlowStart] = {}
+        self.lane_id = uuid.uuid4().hex[:16]  # this process's lanes in the waiting rooms
 
     def waiting(self, key: str) -> int:
         """How many calls of this process wait for deployment `key` (or chose it and are
@@ -150,6 +196,7 @@ class AdmissionGate:
         lane.limits = limits
         waiter = _Waiter(
             (band, priority, next(self._seq)),
+            Place.score_of(band, priority, time.time()),
             tokens,
             interactive,
             slot_id,
@@ -201,16 +248,27 @@ class AdmissionGate:
             state.share()
 
     async def acquire_local(
-        self, limits: DeploymentLimits, start: int, ceiling: int
+        self,
+        limits: DeploymentLimits,
+        start: int,
+        ceiling: int,
+        *,
+        band: int,
+        priority: int,
+        interactive: bool,
+        max_wait: float | None = None,
     ) -> Permit | None:
         """Admit a call to a deployment with no declared limits that has not pushed back yet:
         a slow start kept in this process (`start` calls in flight, one more per success
-        up to `ceiling`), no Redis round trip. After its first 429 the deployment goes
-        through `acquire` like the others (None: it did so while this call waited)."""
+        up to `ceiling`), no Redis round trip, waiters in (band, priority, arrival) order.
+        After its first 429 the deployment goes through `acquire` like the others (None:
+        it did so while this call waited). WaitExpired after `max_wait` seconds (None:
+        never)."""
         state = self._local.get(limits.key)
         if state is None:
-            state = self._local[limits.key] = _SlowStart(start, ceiling)
-        if not await state.enter():
+            reserve = self.limiter.settings.bulk_reserve
+            state = self._local[limits.key] = _SlowStart(start, ceiling, reserve)
+        if not await state.enter((band, priority, next(self._seq)), interactive, max_wait):
             return None
         return Permit(limits, "", 0, local=True)
 
@@ -229,19 +287,37 @@ class AdmissionGate:
             lane.wake.set()
 
     async def _pump(self, lane: _Lane) -> None:
+        while True:
+            await self._serve(lane)
+            if lane.in_room:  # no waiter left here: leave the room to the others
+                lane.in_room = False
+                try:
+                    await self.limiter.leave_room(lane.limits, self.lane_id)
+                except Exception:  # it lapses by itself
+                    log.warning("rate_limit.redis_error", deployment=lane.limits.key)
+            if not lane.heap:  # none came meanwhile
+                return
+
+    async def _serve(self, lane: _Lane) -> None:
         while lane.heap:
             head = lane.heap[0]
             if head.future.done():  # its caller gave up
                 heapq.heappop(lane.heap)
                 continue
+            place = Place(self.lane_id, head.score, _next_score(lane.heap))
             try:
                 decision = await self.limiter.try_acquire(
-                    lane.limits, head.tokens, interactive=head.interactive, slot_id=head.slot_id
+                    lane.limits,
+                    head.tokens,
+                    interactive=head.interactive,
+                    slot_id=head.slot_id,
+                    place=place,
                 )
             except Exception:  # Redis down: the jobs wait, they do not fail
                 log.warning("rate_limit.redis_error", deployment=lane.limits.key, exc_info=True)
                 await asyncio.sleep(self.poll_max)
                 continue
+            lane.in_room = not decision.granted or place.next_score is not None
             if decision.granted:
                 # A more urgent waiter may have been pushed above `head` meanwhile.
                 _remove(lane.heap, head)

@@ -76,8 +76,16 @@ class RateSignal:
         return max(resets) if resets else default
 
 
+_RATE_HEADER_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+_NONE = RateSignal()
+
+
 def read_rate_headers(headers: Mapping[str, str]) -> RateSignal:
     """Read the rate-limit headers (case-insensitive mapping, as aiohttp and httpx give)."""
+    # Most answers of a provider without limits carry none: one pass over a few names
+    # instead of a dozen look-ups.
+    if not any(name.lower().startswith(_RATE_HEADER_PREFIXES) for name in headers):
+        return _NONE
 
     def get(name: str) -> str | None:
         value = headers.get(name)

@@ -5,10 +5,12 @@ one atomic Lua round trip), and gives back the tokens it did not use once the pr
 reports usage (`settle`). Buckets refill per second and hold `burst_seconds` of capacity,
 so a minute's limit is never sent at once. Bulk work admits only above a reserve of each
 bucket, and not at all while an interactive request is waiting, so interactive jobs get
-capacity first when a limit is the bottleneck. Answers feed back through `observe`: a
-429 pauses the deployment for every worker (Retry-After, retry-after-ms or the
-x-ratelimit-reset-* times), and a deployment without declared limits learns them from
-x-ratelimit-limit-* headers and adapts its concurrency (AIMD) on 429s.
+capacity first when a limit is the bottleneck; and a shared waiting room serves the
+waiters of every process in (band, priority, arrival) order (`Place`). Answers feed
+back through `observe`: a 429 pauses the deployment for every worker (Retry-After,
+retry-after-ms or the x-ratelimit-reset-* times), and a deployment without declared
+limits learns them from x-ratelimit-limit-* headers and adapts its concurrency (AIMD) on
+429s.
 """
 
 from __future__ import annotations
@@ -18,11 +20,36 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from promptq.constants import RATE_LIMIT_PREFIX, RATE_SLOTS_PREFIX
+from promptq.constants import (
+    RATE_LIMIT_PREFIX,
+    RATE_SLOTS_PREFIX,
+    RATE_WAIT_PREFIX,
+    RATE_WAIT_SEEN_PREFIX,
+)
 from promptq.scheduler.rate_headers import RateSignal
-from promptq.scheduler.rate_scripts import ADMIT, OBSERVE, SETTLE
+from promptq.scheduler.rate_scripts import ADMIT, LEAVE_ROOM, OBSERVE, SETTLE
 
-__all__ = ["Decision", "DeploymentLimits", "RateLimitSettings", "RateLimiter"]
+__all__ = ["Decision", "DeploymentLimits", "Place", "RateLimitSettings", "RateLimiter"]
+
+# Arrival times in the waiting room's scores: milliseconds since 2020, below 1e13 until
+# the 2300s, so (band * 10 + priority) * 1e13 + arrival stays an exact double.
+_EPOCH = 1_577_836_800.0
+_RANK = 10**13
+
+
+@dataclass(frozen=True)
+class Place:
+    """A process's lane in a deployment's shared waiting room: its id, the score of its
+    first waiter, and that of the waiter after it (None: none)."""
+
+    lane: str
+    score: int
+    next_score: int | None
+
+    @staticmethod
+    def score_of(band: int, priority: int, arrival: float) -> int:
+        """Lower goes first: by band, then priority, then arrival (unix time)."""
+        return (band * 10 + priority) * _RANK + int((arrival - _EPOCH) * 1000)
 
 
 @dataclass(frozen=True)
@@ -62,6 +89,8 @@ class RateLimitSettings:
     bulk_reserve: float = 0.2
     # A slot of a request in flight lapses after this long (a worker died holding it).
     slot_ttl: float = 600.0
+    # A process's lane in the waiting room lapses when not heard from for this long.
+    room_ttl: float = 5.0
     # A 429 with no Retry-After and no reset headers pauses the deployment this long.
     default_pause: float = 1.0
     # Adaptive concurrency of a deployment with no declared limits: `adaptive_start` calls
@@ -73,6 +102,10 @@ class RateLimitSettings:
 
 def _keys(limits: DeploymentLimits) -> list[str]:
     return [f"{RATE_LIMIT_PREFIX}{limits.key}", f"{RATE_SLOTS_PREFIX}{limits.key}"]
+
+
+def _room(limits: DeploymentLimits) -> list[str]:
+    return [f"{RATE_WAIT_PREFIX}{limits.key}", f"{RATE_WAIT_SEEN_PREFIX}{limits.key}"]
 
 
 def _text(value: Any) -> str:
@@ -88,11 +121,19 @@ class RateLimiter:
         self._admit = redis.register_script(ADMIT)
         self._settle = redis.register_script(SETTLE)
         self._observe = redis.register_script(OBSERVE)
+        self._leave_room = redis.register_script(LEAVE_ROOM)
 
     async def try_acquire(
-        self, limits: DeploymentLimits, tokens: int, *, interactive: bool, slot_id: str
+        self,
+        limits: DeploymentLimits,
+        tokens: int,
+        *,
+        interactive: bool,
+        slot_id: str,
+        place: Place | None = None,
     ) -> Decision:
-        """Reserve one request and `tokens` tokens now, or say how long to wait."""
+        """Reserve one request and `tokens` tokens now, or say how long to wait. With a
+        `place`, a waiter of another process that comes first is served first."""
         s = self.settings
         args: list[str | int | float] = [
             tokens,
@@ -107,9 +148,17 @@ class RateLimiter:
             s.margin,
             s.adaptive_start if limits.adaptive else 0,
             s.adaptive_max if limits.adaptive else 0,
+            place.lane if place else "",
+            place.score if place else 0,
+            -1 if place is None or place.next_score is None else place.next_score,
+            s.room_ttl,
         ]
-        granted, wait, reason = await self._admit(keys=_keys(limits), args=args)
+        granted, wait, reason = await self._admit(keys=_keys(limits) + _room(limits), args=args)
         return Decision(bool(int(granted)), float(_text(wait)), _text(reason))
+
+    async def leave_room(self, limits: DeploymentLimits, lane: str) -> None:
+        """The lane has no waiter left: take it out of the deployment's waiting room."""
+        await self._leave_room(keys=_room(limits), args=[lane])
 
     async def settle(
         self, limits: DeploymentLimits, slot_id: str, reserved: int, used: int | None

@@ -6,11 +6,16 @@ State per deployment (hash ``promptq:rl:<deployment>``): ``req``/``req_at`` and
 ``hot_until`` (an interactive request is waiting: bulk holds back), and the discovered
 ``d_rpm``/``d_tpm``/``d_conc`` used when the models file declares no limits. Requests in
 flight are a sorted set of slot ids scored by expiry, so a dead worker's slots lapse.
+
+The waiting room (``promptq:rl-wait:<deployment>``) orders waiters across processes: each
+process's lane is scored by its first waiter's (band, priority, arrival), and a lane is
+admitted only when no other lane's first waiter comes before its own; a lane not heard
+from for a few seconds (its process died) lapses (``promptq:rl-wait-seen:<deployment>``).
 """
 
 from __future__ import annotations
 
-__all__ = ["ADMIT", "OBSERVE", "SETTLE"]
+__all__ = ["ADMIT", "LEAVE_ROOM", "OBSERVE", "SETTLE"]
 
 # Shared by the scripts: the clock and continuous refill of a bucket holding `burst`
 # seconds of a per-minute limit, paced at `margin` of it.
@@ -29,13 +34,29 @@ local function pick(declared, discovered)
 end
 """
 
-#: KEYS: state, slots. ARGV: tokens, interactive (1/0), rpm, tpm, max_concurrency (0 for
-#: undeclared), burst seconds, bulk reserve fraction, slot id, slot ttl, pacing margin,
-#: and for a deployment with no declared limit the AIMD start and ceiling (else 0, 0).
+#: KEYS: state, slots, waiting room, room lapse times. ARGV: tokens, interactive (1/0),
+#: rpm, tpm, max_concurrency (0 for undeclared), burst seconds, bulk reserve fraction, slot
+#: id, slot ttl, pacing margin, for a deployment with no declared limit the AIMD start and
+#: ceiling (else 0, 0); then the caller's lane ("" for none), its score, the score of its
+#: next waiter once this one is granted (-1: none), and how long a lane lasts unheard.
 #: Returns {granted (1/0), wait seconds (string), reason}.
 ADMIT = (
     _PRELUDE
     + """
+local lane = ARGV[13]
+local queued_behind = false
+if lane ~= '' then
+  local lapsed = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now)
+  for _, gone in ipairs(lapsed) do
+    redis.call('ZREM', KEYS[3], gone)
+    redis.call('ZREM', KEYS[4], gone)
+  end
+  local mine = tonumber(ARGV[14])
+  redis.call('ZADD', KEYS[3], ARGV[14], lane)
+  redis.call('ZADD', KEYS[4], now + tonumber(ARGV[16]), lane)
+  local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
+  queued_behind = first[1] ~= lane and tonumber(first[2]) < mine
+end
 local tokens = tonumber(ARGV[1])
 local interactive = ARGV[2] == '1'
 local burst, margin = tonumber(ARGV[6]), tonumber(ARGV[10])
@@ -81,6 +102,18 @@ if tpm > 0 then
   tok_level = level
 end
 if wait > 0 then return refuse(wait, 'rate_limited') end
+-- Capacity is there, but another process's waiter comes first: it takes it.
+if queued_behind then return refuse(0.01, 'rate_limited') end
+if lane ~= '' then
+  if ARGV[15] == '-1' then
+    redis.call('ZREM', KEYS[3], lane)
+    redis.call('ZREM', KEYS[4], lane)
+  else
+    redis.call('ZADD', KEYS[3], ARGV[15], lane)
+  end
+  redis.call('EXPIRE', KEYS[3], 86400)
+  redis.call('EXPIRE', KEYS[4], 86400)
+end
 if req_level then
   redis.call('HSET', KEYS[1], 'req', tostring(req_level - 1), 'req_at', tostring(now))
 end
@@ -154,3 +187,10 @@ redis.call('EXPIRE', KEYS[1], 86400)
 return tostring(paused)
 """
 )
+
+#: KEYS: waiting room, room lapse times. ARGV: the lane that has no waiter left.
+LEAVE_ROOM = """
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""

@@ -22,7 +22,6 @@ from promptq import __version__
 from promptq.config import Settings
 from promptq.db import Database
 from promptq.errors import RetryableError
-from promptq.idempotency import delete_expired_keys
 from promptq.keys import tenant_webhook_secrets
 from promptq.metrics import WEBHOOK_DELIVERIES
 from promptq.models import WebhookEvent, WebhookStatus, utcnow
@@ -42,7 +41,6 @@ __all__ = ["Delivery", "Outcome", "Relay"]
 
 log = structlog.get_logger(__name__)
 
-_CLEANUP_EVERY_SECONDS = 60.0
 _MAX_ERROR_CHARS = 500
 
 
@@ -96,16 +94,12 @@ class Relay:
     async def run_forever(self) -> None:
         """Deliver due events until cancelled, polling every `webhook_poll_seconds`."""
         inflight: set[asyncio.Task[Outcome]] = set()
-        next_cleanup = 0.0
         log.info("webhook.relay_started", max_attempts=self.settings.webhook_max_attempts)
         try:
             while True:
                 claimed: list[Delivery] = []
                 try:
                     claimed = await self.claim(self.concurrency - len(inflight))
-                    if time.monotonic() >= next_cleanup:
-                        await self.cleanup()
-                        next_cleanup = time.monotonic() + _CLEANUP_EVERY_SECONDS
                 except Exception:
                     log.exception("webhook.relay_failed")
                 for delivery in claimed:
@@ -166,13 +160,6 @@ class Relay:
         except Exception:
             log.exception("webhook.record_failed", event_id=delivery.id)
         return outcome
-
-    async def cleanup(self) -> None:
-        """Forget expired idempotency keys."""
-        async with self.db.session() as session:
-            removed = await delete_expired_keys(session, self.settings.idempotency_ttl_seconds)
-        if removed:
-            log.info("idempotency.expired_keys_deleted", count=removed)
 
     async def _attempt(self, delivery: Delivery) -> Outcome:
         try:

@@ -1,5 +1,5 @@
-"""The Starlette app: the OpenAI and Anthropic routes, plus ``/_sim/`` stats, reset and
-config (limits and outage modes changed at run time)."""
+"""The Starlette app: the OpenAI and Anthropic routes, plus ``/_sim/`` stats, the calls log,
+reset and config (limits and outage modes changed at run time)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def build_app(config: SimConfig) -> Starlette:
         try:
             if not sim.authorized(_bearer_token(request.headers.get("authorization"))):
                 raise SimError(401, "Incorrect API key provided (simulated provider).")
-            prompt = parse_openai(await json_object(request))
+            prompt = request.state.prompt = parse_openai(await json_object(request))
             completion = await sim.complete(prompt)
         except SimError as exc:
             return openai_error(exc)
@@ -43,7 +43,7 @@ def build_app(config: SimConfig) -> Starlette:
         try:
             if not sim.authorized(request.headers.get("x-api-key")):
                 raise SimError(401, "invalid x-api-key (simulated provider)")
-            prompt = parse_anthropic(await json_object(request))
+            prompt = request.state.prompt = parse_anthropic(await json_object(request))
             completion = await sim.complete(prompt)
         except SimError as exc:
             return anthropic_error(exc)
@@ -72,6 +72,9 @@ def _admin_routes(sim: Simulator) -> list[Route]:
     async def stats(request: Request) -> Response:
         return JSONResponse(sim.stats())
 
+    async def calls(request: Request) -> Response:
+        return JSONResponse({"calls": sim.calls()})
+
     async def configure(request: Request) -> Response:
         try:
             sim.configure(await json_object(request))
@@ -85,6 +88,7 @@ def _admin_routes(sim: Simulator) -> list[Route]:
 
     return [
         Route("/_sim/stats", stats, methods=["GET"]),
+        Route("/_sim/calls", calls, methods=["GET"]),
         Route("/_sim/reset", reset, methods=["POST"]),
         Route("/_sim/config", configure, methods=["POST"]),
     ]

@@ -1,14 +1,41 @@
-"""Serving the simulated provider over HTTP, and its command line."""
+"""Serving the simulated provider over HTTP, and its command line.
+
+The command line is built from `SimConfig`'s fields, one option per field, and
+`promptq sim-provider` hands its arguments to the same parser: a new setting of the
+simulated provider is an option of both commands at once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import typing
 from collections.abc import Sequence
 
 import uvicorn
 
 from promptq.sim_provider.app import build_app
 from promptq.sim_provider.config import SimConfig
+
+DEFAULT_PORT = 9100
+
+# One line of help per option that needs one; the option itself comes from the field.
+_HELP = {
+    "latency_ms": "latency of every answer",
+    "output_tokens": "words in a reply",
+    "fail_429_rate": "fraction of requests answered 429",
+    "fail_500_rate": "fraction of requests answered 500",
+    "retry_after": "Retry-After of a 429, in seconds",
+    "api_key": "the bearer token requests must carry (none: any)",
+    "seed": "seed of the random failures",
+    "rpm": "enforced requests per minute",
+    "tpm": "enforced tokens per minute",
+    "burst_seconds": "seconds of refill the enforced buckets hold",
+    "down_for": "answer --down-status for the first N seconds",
+    "down_status": "the status of an outage",
+    "fail_status": "always answer this status",
+    "slow_ms": "extra latency of every answer",
+}
 
 
 def serve(host: str, port: int, config: SimConfig) -> None:
@@ -17,51 +44,36 @@ def serve(host: str, port: int, config: SimConfig) -> None:
     uvicorn.run(build_app(config), host=host, port=port, access_log=False, log_level="info")
 
 
-def _argument_parser() -> argparse.ArgumentParser:
-    defaults = SimConfig()
-    parser = argparse.ArgumentParser(
-        prog="python -m promptq.sim_provider", description="Run promptq's simulated LLM provider."
-    )
-    parser.add_argument("--port", type=int, required=True)
+def _option_type(hint: object) -> type:
+    # `int | None` -> int: None is the default, never typed on the command line.
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    chosen = args[0] if args else hint
+    assert isinstance(chosen, type), f"unsupported SimConfig field type {hint!r}"
+    return chosen
+
+
+def argument_parser(prog: str = "python -m promptq.sim_provider") -> argparse.ArgumentParser:
+    """The options of the simulated provider: --host, --port and one per SimConfig field."""
+    parser = argparse.ArgumentParser(prog=prog, description="Run promptq's simulated LLM provider.")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms)
-    parser.add_argument("--output-tokens", type=int, default=defaults.output_tokens)
-    parser.add_argument("--fail-429-rate", type=float, default=defaults.fail_429_rate)
-    parser.add_argument("--fail-500-rate", type=float, default=defaults.fail_500_rate)
-    parser.add_argument("--retry-after", type=float, default=defaults.retry_after)
-    parser.add_argument("--api-key", default=defaults.api_key)
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--rpm", type=int, default=None, help="enforced requests per minute")
-    parser.add_argument("--tpm", type=int, default=None, help="enforced tokens per minute")
-    parser.add_argument("--burst-seconds", type=float, default=defaults.burst_seconds)
-    parser.add_argument("--down-for", type=float, default=0.0, help="503 for the first N s")
-    parser.add_argument("--down-status", type=int, default=defaults.down_status)
-    parser.add_argument("--fail-status", type=int, default=None, help="always answer this")
-    parser.add_argument("--slow-ms", type=float, default=0.0, help="extra latency")
+    hints = typing.get_type_hints(SimConfig)
+    for field in dataclasses.fields(SimConfig):
+        parser.add_argument(
+            f"--{field.name.replace('_', '-')}",
+            type=_option_type(hints[field.name]),
+            default=field.default,
+            help=_HELP.get(field.name, "") + " (default: %(default)s)",
+        )
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def main(argv: Sequence[str] | None = None, prog: str = "python -m promptq.sim_provider") -> None:
     """Parse the command line and serve until interrupted."""
-    parser = _argument_parser()
+    parser = argument_parser(prog)
     args = parser.parse_args(argv)
     try:
-        config = SimConfig(
-            latency_ms=args.latency_ms,
-            output_tokens=args.output_tokens,
-            fail_429_rate=args.fail_429_rate,
-            fail_500_rate=args.fail_500_rate,
-            retry_after=args.retry_after,
-            api_key=args.api_key,
-            seed=args.seed,
-            rpm=args.rpm,
-            tpm=args.tpm,
-            burst_seconds=args.burst_seconds,
-            down_for=args.down_for,
-            down_status=args.down_status,
-            fail_status=args.fail_status,
-            slow_ms=args.slow_ms,
-        )
+        config = SimConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SimConfig)})
     except ValueError as exc:
         parser.error(str(exc))
     serve(args.host, args.port, config)

@@ -6,7 +6,7 @@ import asyncio
 import hmac
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +23,9 @@ from promptq.sim_provider.prompts import Prompt
 from promptq.sim_provider.replies import Completion, generate
 
 Handler = Callable[[Request], Awaitable[Response]]
+#: The calls log keeps this many of the latest calls.
+CALLS_KEPT = 50_000
+_TAG_CHARS = 80
 
 
 class Simulator:
@@ -48,6 +51,16 @@ class Simulator:
         self._total = 0
         self._by_endpoint: Counter[str] = Counter()
         self._by_status: Counter[int] = Counter()
+        # Per call, logged as it arrives: when (monotonic), its status once answered (0
+        # until then), the start of its prompt's last text.
+        self._calls: deque[list[Any]] = deque(maxlen=CALLS_KEPT)
+
+    def calls(self) -> list[tuple[float, int, str]]:
+        """The calls in order of arrival, those still running included: (seconds since the
+        first arrived, status or 0, the first characters of the prompt's last text), for
+        tests that check who went first and how 429s spread over time."""
+        start = self._calls[0][0] if self._calls else 0.0
+        return [(round(at - start, 4), status, tag) for at, status, tag in self._calls]
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -80,8 +93,15 @@ class Simulator:
         """Route `path` to `handler`, counting each request and its response status."""
 
         async def endpoint(request: Request) -> Response:
+            call = [time.monotonic(), 0, ""]
+            if method == "POST":
+                self._calls.append(call)
             response = await handler(request)
             response.headers.update(self.limits.headers())
+            if method == "POST":
+                prompt: Prompt | None = getattr(request.state, "prompt", None)
+                call[1] = response.status_code
+                call[2] = prompt.texts[-1][:_TAG_CHARS] if prompt and prompt.texts else ""
             if response.status_code == 200 and method == "POST":
                 now = time.monotonic()
                 self._first_ok = self._first_ok if self._first_ok is not None else now

@@ -2,10 +2,10 @@
 
 Started with promptq's app, Flower reads queue depth over every Redis priority step
 (a bare `celery flower` counts only Celery's default steps 0, 3, 6, 9, and promptq's bulk
-lines sit at 5-9), and lists every queue of the models file. Flower leaves /metrics,
-/healthcheck and a few views open even with `--basic-auth`; here every handler checks the
-login first. The jobs themselves reach Flower as task events sent by the workers (see
-`promptq.workers.task_events`)."""
+lines sit at 5-9), and lists every queue of the models file, the interactive ones too.
+Flower leaves /metrics, /healthcheck and a few views open even with `--basic-auth`; here
+every handler checks the login first. The jobs themselves reach Flower as task events
+sent by the workers (see `promptq.workers.task_events`)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from kombu.entity import Queue
 from promptq.catalog import load_catalog
 from promptq.cluster_view import queues_of
 from promptq.config import Settings
+from promptq.constants import PRIORITY_STEPS
 from promptq.errors import ConfigError
+from promptq.queues import delivery_queue
 from promptq.workers.celery_app import make_celery
 
 __all__ = ["list_every_queue", "protect_every_page", "run_flower"]
@@ -91,7 +93,9 @@ def run_flower(settings: Settings, *, port: int, address: str, basic_auth: str |
     list_every_queue()
     capp = make_celery(settings)
     queues = queues_of(load_catalog(settings.models_file))
-    capp.conf.task_queues = [Queue(name) for name in queues]  # type: ignore[no-untyped-call]
+    # Interactive chunks travel on queues of their own (promptq.queues.delivery_queue).
+    names = dict.fromkeys(delivery_queue(q, step) for q in queues for step in range(PRIORITY_STEPS))
+    capp.conf.task_queues = [Queue(name) for name in names]  # type: ignore[no-untyped-call]
     app = Flower(capp=capp, options=options, **flower_settings)
     signal.signal(signal.SIGTERM, _stop)
     app.start_http_server()

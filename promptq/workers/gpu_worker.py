@@ -94,6 +94,7 @@ def engine_options(entry: ModelEntry, settings: Settings) -> EngineOptions:
         cpu_kvcache_gib=entry.cpu_kvcache_gib or default_cpu_kvcache_gib(),
         enforce_eager=entry.enforce_eager,
         interactive_slots=entry.interactive_slots,
+        preempt=entry.preempt,
     )
 
 

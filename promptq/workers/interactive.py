@@ -1,4 +1,4 @@
-"""A remote worker's consumer of interactive chunks, on a thread of its own.
+"""A worker's consumer of interactive chunks, on a thread of its own (remote and GPU workers).
 
 Celery's threads block while they admit bulk chunks (the runtime has no room); were
 interactive chunks in the same queue, they would sit in Redis until a thread is free.

@@ -19,7 +19,13 @@ from celery import Celery, signals
 from promptq.catalog import Backend as BackendKind
 from promptq.catalog import Catalog, ModelEntry, load_catalog
 from promptq.config import Settings
-from promptq.constants import REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, TASK_RUN_CHUNK, gpu_queue
+from promptq.constants import (
+    REMOTE_INTERACTIVE_QUEUE,
+    REMOTE_QUEUE,
+    TASK_RUN_CHUNK,
+    gpu_interactive_queue,
+    gpu_queue,
+)
 from promptq.errors import ConfigError
 from promptq.queues import BULK_BAND
 from promptq.workers.beacon import live_workers
@@ -32,7 +38,14 @@ from promptq.workers.runtime import WorkerRuntime
 from promptq.workers.side_tasks import BEATS_TO_LIVE, beat_interval
 from promptq.workers.telemetry import worker_description
 
-__all__ = ["check_workers", "remote_runtime", "run_gpu_worker", "run_remote_worker", "serve"]
+__all__ = [
+    "check_workers",
+    "connection_limit",
+    "remote_runtime",
+    "run_gpu_worker",
+    "run_remote_worker",
+    "serve",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -96,7 +109,7 @@ def serve(
 ) -> None:
     """Start the runtime, then consume `queues` until shutdown (or, with `burst`, run
     their queued jobs until none is left). Exits non-zero if a side task died.
-    `interactive_queue` gets a consumer thread of its own (remote workers)."""
+    `interactive_queue` gets a consumer thread of its own."""
     runtime.start(preload)
     interactive: InteractiveConsumer | None = None
     try:
@@ -121,6 +134,13 @@ def serve(
         sys.exit(f"promptq worker stopped: {runtime.supervisor.death}")
 
 
+def connection_limit(concurrency: int) -> int:
+    """HTTP connections of a remote worker running `concurrency` bulk calls: interactive
+    jobs are admitted beyond that (runtime.has_room), and get connections of their own
+    rather than waiting for one a bulk call holds (a provider latency, measured)."""
+    return concurrency + max(8, concurrency // 4)
+
+
 def remote_runtime(
     settings: Settings, *, concurrency: int, on_death: Callable[[str], None] | None = None
 ) -> WorkerRuntime:
@@ -132,7 +152,8 @@ def remote_runtime(
     async def make_backend(entry: ModelEntry) -> Backend:
         nonlocal session
         if session is None:  # made on the runtime's loop, shared by every adapter
-            session = make_http_session(concurrency, settings.request_timeout_seconds)
+            limit = connection_limit(concurrency)
+            session = make_http_session(limit, settings.request_timeout_seconds)
         return make_remote_backend(entry, session)
 
     async def close_session() -> None:
@@ -193,9 +214,19 @@ def run_gpu_worker(
     )
     # One thread: each message is admitted when the engine has room, then acked, so the
     # next message taken from Redis is always the most urgent one waiting. The engine
-    # loads (preload) before the first message is taken.
+    # loads (preload) before the first message is taken. Interactive chunks come on a queue
+    # of their own, whose consumer admits them at once: that thread is often blocked.
     queues = [gpu_queue(entry.name)]
-    serve(settings, runtime, queues, threads=1, loglevel=loglevel, burst=burst, preload=[entry])
+    serve(
+        settings,
+        runtime,
+        queues,
+        threads=1,
+        loglevel=loglevel,
+        burst=burst,
+        preload=[entry],
+        interactive_queue=gpu_interactive_queue(entry.name),
+    )
 
 
 def check_workers(settings: Settings, kind: str) -> int:

@@ -154,8 +154,9 @@ def _first_deployment(entry: ModelEntry) -> Deployment:
     return deployments[0]
 
 
-class OpenAIBackend:
-    """Chat completions on any OpenAI-compatible server (OpenAI, vLLM, relays)."""
+class _HttpBackend:
+    """What every provider adapter shares: its model, the worker's pooled HTTP session, and
+    `complete` as one attempt on the model's first deployment."""
 
     def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession) -> None:
         self._entry = entry
@@ -164,6 +165,16 @@ class OpenAIBackend:
     async def complete(self, request: JobRequest) -> Completion:
         """One attempt on the model's first deployment."""
         return await self.complete_via(_first_deployment(self._entry), request)
+
+    async def complete_via(self, deployment: Deployment, request: JobRequest) -> Completion:
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """The shared session is closed by its owner."""
+
+
+class OpenAIBackend(_HttpBackend):
+    """Chat completions on any OpenAI-compatible server (OpenAI, vLLM, relays)."""
 
     async def complete_via(self, deployment: Deployment, request: JobRequest) -> Completion:
         url = f"{deployment.base_url.rstrip('/')}/chat/completions"
@@ -185,9 +196,6 @@ class OpenAIBackend:
             )
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise RetryableError("provider_bad_response", f"Unexpected answer: {exc!r}") from exc
-
-    async def aclose(self) -> None:
-        """The shared session is closed by its owner."""
 
 
 def _to_anthropic(body: dict[str, Any], upstream: str) -> dict[str, Any]:
@@ -211,16 +219,8 @@ def _to_anthropic(body: dict[str, Any], upstream: str) -> dict[str, Any]:
     return out
 
 
-class AnthropicBackend:
+class AnthropicBackend(_HttpBackend):
     """Anthropic Messages; answers are returned in the chat.completion shape."""
-
-    def __init__(self, entry: ModelEntry, session: aiohttp.ClientSession) -> None:
-        self._entry = entry
-        self._session = session
-
-    async def complete(self, request: JobRequest) -> Completion:
-        """One attempt on the model's first deployment."""
-        return await self.complete_via(_first_deployment(self._entry), request)
 
     async def complete_via(self, deployment: Deployment, request: JobRequest) -> Completion:
         url = f"{deployment.base_url.rstrip('/')}/v1/messages"
@@ -245,9 +245,6 @@ class AnthropicBackend:
         response = chat_completion_body(request.job_id, request.model, completion)
         extra = {"response": response, "rate_signal": signal}
         return Completion(**{**completion.__dict__, "extra": extra})
-
-    async def aclose(self) -> None:
-        """The shared session is closed by its owner."""
 
 
 def make_remote_backend(entry: ModelEntry, session: aiohttp.ClientSession) -> RemoteBackend:

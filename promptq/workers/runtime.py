@@ -18,9 +18,10 @@ import structlog
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
 from promptq.db import Database
-from promptq.errors import AttemptError, RetryableError, TerminalError
+from promptq.errors import AttemptError, DeadlineExceeded, RetryableError, TerminalError
 from promptq.jobs import (
     ClaimedJob,
+    JobErrorCode,
     JobFailure,
     JobOutcome,
     claim,
@@ -29,6 +30,7 @@ from promptq.jobs import (
 )
 from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
 from promptq.retry import backoff_delay
+from promptq.scheduler.health import ModelHealth
 from promptq.workers import side_tasks
 from promptq.workers.completion import Backend, Completion, JobRequest, chat_completion_body
 from promptq.workers.remote_worker import RemoteBackend
@@ -37,7 +39,7 @@ from promptq.workers.spending import LeaseLost, Paid, Spending, Ticket, mark
 from promptq.workers.supervisor import Supervisor
 from promptq.workers.telemetry import JobTelemetry, answer_outcome
 from promptq.workers.traffic import TrafficControl, TrafficJob, traffic_redis
-from promptq.workers.waiting import WaitingNotes
+from promptq.workers.waiting import WaitingNotes, expire_window
 
 __all__ = ["BackendFactory", "WorkerRuntime", "has_room", "worker_id"]
 
@@ -189,7 +191,6 @@ class WorkerRuntime:
             self.settings.redis_url, socket_connect_timeout=2, socket_timeout=5
         )
         self._results.start()
-        self._spending = Spending(self.settings, self.catalog, self._db)
         if self._use_traffic:
             redis = traffic_redis(self.settings.redis_url)
             self.traffic = TrafficControl(
@@ -200,6 +201,11 @@ class WorkerRuntime:
                 on_answer=self.telemetry.answered,
             )
             self._waiting = WaitingNotes(self._db)
+        # Routers pick among the models traffic control says can take a call now.
+        health = None
+        if self.traffic is not None:
+            health = ModelHealth(self.traffic.limiter, self.traffic.breaker)
+        self._spending = Spending(self.settings, self.catalog, self._db, health)
         for entry in preload:
             await self._backend(entry)
         self.supervisor.watch("result_writer", self._results.task)
@@ -303,7 +309,7 @@ class WorkerRuntime:
         # budget is reserved and the backend called (retried); a cut-off or failed answer
         # moves on to the next model when the router says so.
         try:
-            plan = self.spending.plan(job)
+            plan = await self.spending.plan(job)
         except TerminalError as exc:
             await self._fail(job, exc)
             return
@@ -318,7 +324,8 @@ class WorkerRuntime:
                 return  # the lease was lost: the job is someone else's now
             current, result, served = called
             if isinstance(result, AttemptError):
-                if result.code != "budget_exceeded" and plan.escalates(step, "error"):
+                final = result.code == "budget_exceeded" or isinstance(result, DeadlineExceeded)
+                if not final and plan.escalates(step, "error"):
                     continue
                 await self._fail(current, result)
                 return
@@ -403,9 +410,17 @@ class WorkerRuntime:
             priority=job.priority,
             interactive=interactive,
             band=INTERACTIVE_BAND if interactive else BULK_BAND,
+            deadline=job.deadline.timestamp() if job.deadline else None,
+            deadline_code=JobErrorCode.DEADLINE_EXCEEDED
+            if interactive
+            else JobErrorCode.BATCH_EXPIRED,
         )
         try:
             served = await traffic.run(request, entry, on_wait)
+        except DeadlineExceeded as exc:
+            if job.batch_id:  # past its batch's window: the batch expires now
+                await expire_window(self.db, job.batch_id)
+            return job, exc, entry
         except (TerminalError, RetryableError) as exc:
             return job, exc, entry
         finally:
@@ -461,7 +476,8 @@ class WorkerRuntime:
             log.warning("job.lease_lost", job_id=job.id, attempt=job.attempt)
 
     async def _fail(self, job: ClaimedJob, exc: AttemptError) -> None:
-        failure = JobFailure(exc.code, exc.message, exc.provider_status)
+        expired = isinstance(exc, DeadlineExceeded)
+        failure = JobFailure(exc.code, exc.message, exc.provider_status, expired=expired)
         stored = await self.results.write(job, failure)
         self.spending.finished(job)
         self.counters["failed" if stored else "lost"] += 1

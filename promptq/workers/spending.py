@@ -24,6 +24,7 @@ from promptq.db import Database
 from promptq.errors import TerminalError, model_not_found_message
 from promptq.jobs import ClaimedJob, JobErrorCode, JobOutcome
 from promptq.router import NoRoute, plan_route
+from promptq.scheduler.health import ModelHealth
 from promptq.workers.completion import Completion
 
 __all__ = ["LeaseLost", "Paid", "Plan", "Spending", "Ticket", "mark", "may_serve"]
@@ -81,10 +82,18 @@ class Ticket:
 class Spending:
     """One per worker process, on the runtime's loop."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, db: Database) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        catalog: Catalog,
+        db: Database,
+        health: ModelHealth | None = None,
+    ) -> None:
         self.settings = settings
         self.catalog = catalog
         self.db = db
+        # Traffic control's view of which models can take a call now (remote workers).
+        self.health = health
         # Callers wait for a pooled connection rather than fail when hundreds of jobs
         # look up the cache at once.
         self._redis = aioredis.Redis(
@@ -100,7 +109,7 @@ class Spending:
             self._redis, lock_seconds=max(30.0, 2 * settings.request_timeout_seconds)
         )
         self._semantic: Any = None
-        self._to_settle: set[str] = set()
+        self._freed = False  # reservations were settled here since the last wake-up
         self._asks: dict[str, list[tuple[Ask, asyncio.Future[Reservation]]]] = {}
         self._draining: set[str] = set()
         self._drainers: set[asyncio.Task[None]] = set()
@@ -108,17 +117,27 @@ class Spending:
         self.counters = {"cache_hits": 0, "budget_waits": 0, "budget_exceeded": 0, "settled": 0}
 
     # -- routing ------------------------------------------------------------------------
-    def plan(self, job: ClaimedJob) -> Plan:
-        """The models that may serve `job`; TerminalError if none can."""
+    async def plan(self, job: ClaimedJob) -> Plan:
+        """The models that may serve `job`; TerminalError if none can. A router's
+        candidates that are unhealthy or out of capacity now come last."""
         entry = self.catalog.get(job.model)
         if entry is not None:
             return Plan([entry])
         router = self.catalog.routers.get(job.model)
         if router is None:
             raise TerminalError(JobErrorCode.MODEL_NOT_FOUND, model_not_found_message(job.model))
+        ready: set[str] | None = None
+        if self.health is not None:
+            candidates = (self.catalog[name] for name in router.candidates)
+            ready = await self.health.ready_among(candidates)
         try:
             route = plan_route(
-                self.catalog, router, job.body, job.task, self.settings.default_completion_tokens
+                self.catalog,
+                router,
+                job.body,
+                job.task,
+                self.settings.default_completion_tokens,
+                healthy=(lambda _: True) if ready is None else (lambda e: e.name in ready),
             )
         except NoRoute as exc:
             raise TerminalError(JobErrorCode.NO_MODEL_FITS, exc.message) from None
@@ -287,42 +306,36 @@ class Spending:
             self._draining.discard(budget_id)
 
     def finished(self, job: ClaimedJob) -> None:
-        """The job ended here: settle its reservation soon."""
+        """The job ended here; its reservation was settled with its result (in the result
+        write's transaction): the jobs waiting for budget try again soon."""
         if job.budget_id is not None:
-            self._to_settle.add(job.id)
+            self._freed = True
+            self.counters["settled"] += 1
 
     async def settler(self) -> None:
-        """Settle the reservations of jobs that ended here, and now and then of any job
-        that ended elsewhere (cancelled, expired, failed by the sweeper)."""
+        """Wake the jobs waiting for budget after reservations were settled here, and now
+        and then settle those of any job that ended elsewhere (cancelled, expired, failed by
+        the sweeper, or whose result this process could not store)."""
         loop = asyncio.get_running_loop()
         next_sweep = loop.time() + _SWEEP_EVERY
         while True:
             await asyncio.sleep(_SETTLE_EVERY)
-            ids, self._to_settle = self._to_settle, set()
-            sweep = loop.time() >= next_sweep
             settled = 0
-            try:
-                async with self.db.session() as session:
-                    if ids:
-                        settled += await settle(session, sorted(ids))
-                    if sweep:
-                        next_sweep = loop.time() + _SWEEP_EVERY
-                        settled += await settle(session)
-            except Exception:
-                self._to_settle |= ids
-                log.exception("budget.settle_failed", jobs=len(ids))
-            if settled:
+            if loop.time() >= next_sweep:
+                next_sweep = loop.time() + _SWEEP_EVERY
+                try:
+                    async with self.db.session() as session:
+                        settled = await settle(session)
+                except Exception:
+                    log.exception("budget.settle_failed")
                 self.counters["settled"] += settled
+            if settled or self._freed:
+                self._freed = False
                 self._settled.set()  # wake the jobs waiting for budget
                 self._settled = asyncio.Event()
 
     async def close(self) -> None:
-        """Settle what ended here, then let go of Redis."""
-        ids, self._to_settle = self._to_settle, set()
-        if ids:
-            with contextlib.suppress(Exception):
-                async with self.db.session() as session:
-                    await settle(session, sorted(ids))
+        """Let go of Redis."""
         await self._redis.aclose()
         await self._redis.connection_pool.disconnect()
 

@@ -5,7 +5,9 @@ Back-pressure, not failure: waiting for capacity, a 429 and an open circuit make
 wait and never cost it an attempt. Provider faults (5xx, timeouts, resets) have their own
 budget (`fault_max_retries`, exponential backoff with jitter); when it is spent, or every
 deployment's circuit is open, the model's `fallbacks` are tried in order. A prompt too
-long for the model goes to its `context_window_fallbacks`.
+long for the model goes to its `context_window_fallbacks`. A job with a deadline (a native
+job's own, a batch line's batch expiry) stops waiting there and is never sent after it:
+DeadlineExceeded.
 """
 
 from __future__ import annotations
@@ -22,14 +24,14 @@ from redis.exceptions import RedisError
 
 from promptq.catalog import Catalog, Deployment, ModelEntry
 from promptq.config import Settings
-from promptq.errors import RetryableError, TerminalError
+from promptq.errors import DeadlineExceeded, RetryableError, TerminalError
 from promptq.jobs import JobErrorCode
 from promptq.retry import backoff_delay
-from promptq.scheduler.admission import AdmissionGate, Permit
+from promptq.scheduler.admission import AdmissionGate, Permit, WaitExpired
 from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker, Gate
 from promptq.scheduler.deployments import choose_deployment, limits_of
 from promptq.scheduler.rate_headers import RateSignal
-from promptq.scheduler.rate_limit import RateLimiter, RateLimitSettings
+from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter, RateLimitSettings
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 from promptq.workers.completion import Completion, JobRequest
 from promptq.workers.remote_worker import ProviderRateLimited, RemoteBackend
@@ -57,6 +59,31 @@ class TrafficJob:
     priority: int = 5
     interactive: bool = False
     band: int = 5
+    #: When it stops waiting (unix time; None: never), and the code it then ends with.
+    deadline: float | None = None
+    deadline_code: str = JobErrorCode.DEADLINE_EXCEEDED
+
+    def left(self) -> float | None:
+        """Seconds until its deadline (None: it has none)."""
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def expired(self, waiting_for: str) -> DeadlineExceeded:
+        """The error that ends it once its deadline passed while it waited."""
+        what = (
+            "The batch's completion window ended"
+            if self.deadline_code == JobErrorCode.BATCH_EXPIRED
+            else "The job's deadline passed"
+        )
+        return DeadlineExceeded(
+            self.deadline_code, f"{what} before it could be sent (it waited: {waiting_for})."
+        )
+
+    def check(self, waiting_for: str) -> float | None:
+        """Seconds left before its deadline; DeadlineExceeded if none are."""
+        left = self.left()
+        if left is not None and left <= 0:
+            raise self.expired(waiting_for)
+        return left
 
 
 @dataclass(frozen=True)
@@ -143,6 +170,11 @@ class TrafficControl:
         # on they are admitted through Redis, like declared ones.
         self._shared: set[str] = set()
         self._closed_until: dict[str, float] = {}  # deployment -> trust "closed" until
+        # A breaker question on its way to Redis, per deployment: the calls that need the
+        # answer meanwhile wait for it instead of asking too (dozens would, at once).
+        self._asking: dict[str, asyncio.Future[Gate]] = {}
+        self._backends: dict[str, RemoteBackend] = {}
+        self._limits: dict[str, DeploymentLimits] = {}
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -179,7 +211,7 @@ class TrafficControl:
         while True:
             deployment = await choose_deployment(model, self.limiter, self.breaker, self.gate)
             if deployment is None:
-                await self._circuit_open(report, may_fall_back)
+                await self._circuit_open(job, report, may_fall_back)
                 continue
             # The call's permit (replaced when a 429 sends it back to admission); whatever
             # ends the call, a crash or a cancel included, gives it back, so this process's
@@ -189,8 +221,9 @@ class TrafficControl:
                 gate = await self._allow(str(deployment.name))
                 if not gate.allowed:  # opened while we waited for capacity
                     await self.gate.settle(held[0], None)
-                    await self._circuit_open(report, may_fall_back, gate.wait)
+                    await self._circuit_open(job, report, may_fall_back, gate.wait)
                     continue
+                job.check(report.reason or "rate_limited")  # never sent past its deadline
                 try:
                     completion = await self._call(job, model, deployment, held, report, gate.probe)
                 except RetryableError as exc:
@@ -212,26 +245,38 @@ class TrafficControl:
     async def _admit(
         self, job: TrafficJob, model: ModelEntry, deployment: Deployment, report: _Reporter
     ) -> Permit:
-        limits = limits_of(deployment)
-        if limits.adaptive and limits.key not in self._shared:
-            s = self.limiter.settings
-            local = await self.gate.acquire_local(
-                limits, int(s.adaptive_start), int(s.adaptive_max)
+        limits = self._limits.get(str(deployment.name))
+        if limits is None:
+            limits = self._limits[str(deployment.name)] = limits_of(deployment)
+        try:
+            if limits.adaptive and limits.key not in self._shared:
+                s = self.limiter.settings
+                local = await self.gate.acquire_local(
+                    limits,
+                    int(s.adaptive_start),
+                    int(s.adaptive_max),
+                    band=job.band,
+                    priority=job.priority,
+                    interactive=job.interactive,
+                    max_wait=job.check(report.reason or "concurrency"),
+                )
+                if local is not None:
+                    return local
+            tokens = count_prompt_tokens(model, job.body) + max_completion_tokens(
+                model, job.body, self.settings.default_completion_tokens
             )
-            if local is not None:
-                return local
-        tokens = count_prompt_tokens(model, job.body) + max_completion_tokens(
-            model, job.body, self.settings.default_completion_tokens
-        )
-        permit = await self.gate.acquire(
-            limits,
-            tokens,
-            band=job.band,
-            priority=job.priority,
-            slot_id=f"{job.id}:{uuid.uuid4().hex[:8]}",
-            interactive=job.interactive,
-            on_wait=report,
-        )
+            permit = await self.gate.acquire(
+                limits,
+                tokens,
+                band=job.band,
+                priority=job.priority,
+                slot_id=f"{job.id}:{uuid.uuid4().hex[:8]}",
+                interactive=job.interactive,
+                on_wait=report,
+                max_wait=job.check(report.reason or "rate_limited"),
+            )
+        except WaitExpired:
+            raise job.expired(report.reason or "rate_limited") from None
         await report(None)
         return permit
 
@@ -245,7 +290,9 @@ class TrafficControl:
         probe: bool,
     ) -> Completion:
         """One provider call; a 429 pauses the deployment and the call waits to go again."""
-        backend = await self._backend_for(model)
+        backend = self._backends.get(model.name)
+        if backend is None:
+            backend = self._backends[model.name] = await self._backend_for(model)
         request = JobRequest(
             job.id, job.attempt, model.name, model.upstream_name, dict(job.body), job.priority
         )
@@ -300,6 +347,18 @@ class TrafficControl:
         # that long of calls go to a deployment another process has just opened.
         if time.monotonic() < self._closed_until.get(key, 0.0):
             return _GO
+        asking = self._asking.get(key)
+        if asking is None:
+            asking = self._asking[key] = asyncio.ensure_future(self._ask_breaker(key))
+            asking.add_done_callback(lambda _: self._asking.pop(key, None))
+            return await asyncio.shield(asking)
+        gate = await asyncio.shield(asking)
+        if gate.allowed and not gate.probe:
+            return _GO
+        # Open, or half-open with a probe granted to the call that asked: ask for this one.
+        return await self._ask_breaker(key)
+
+    async def _ask_breaker(self, key: str) -> Gate:
         try:
             gate = await self.breaker.allow(key)
         except RedisError:  # the shared state is out of reach: the provider itself decides
@@ -333,6 +392,9 @@ class TrafficControl:
         delay = backoff_delay(
             faults, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
+        left = job.left()
+        if left is not None and delay >= left:  # the backoff would outlast the deadline
+            raise job.expired(f"{exc.code} backoff") from exc
         log.info(
             "job.provider_fault",
             job_id=job.id,
@@ -344,9 +406,11 @@ class TrafficControl:
         await asyncio.sleep(delay)
 
     async def _circuit_open(
-        self, report: _Reporter, may_fall_back: bool, wait: float = 0.0
+        self, job: TrafficJob, report: _Reporter, may_fall_back: bool, wait: float = 0.0
     ) -> None:
         if may_fall_back:
             raise _FallBack()
+        left = job.check("circuit_open")
         await report("circuit_open")
-        await asyncio.sleep(min(max(wait, 0.05), _CIRCUIT_POLL))
+        pause = min(max(wait, 0.05), _CIRCUIT_POLL)
+        await asyncio.sleep(pause if left is None else min(pause, left))

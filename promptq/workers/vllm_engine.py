@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,9 +10,10 @@ from typing import Any
 import structlog
 
 from promptq.errors import RetryableError, TerminalError
-from promptq.metrics import ENGINE_REQUESTS
+from promptq.metrics import ENGINE_REQUESTS, PREEMPTED, PREEMPTED_TOKENS
 from promptq.queues import BULK_BAND
 from promptq.workers.completion import Completion, JobRequest
+from promptq.workers.engine_slots import EngineSlots, Running
 
 __all__ = ["DEFAULT_MAX_TOKENS", "EngineOptions", "VllmEngine"]
 
@@ -41,6 +41,9 @@ class EngineOptions:
     # Running slots bulk requests may not take, so an interactive request starts at once:
     # vLLM preempts only under KV-cache pressure, never for priority alone.
     interactive_slots: int = 2
+    # An interactive request that finds no free slot aborts the lowest-priority running bulk
+    # request, which runs again first in line (same attempt, billed once).
+    preempt: bool = True
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,14 @@ class _Generated:
     cached_tokens: int | None
 
 
+class _Preempted(Exception):
+    """A bulk request was aborted for an interactive one after generating `tokens`."""
+
+    def __init__(self, tokens: int) -> None:
+        super().__init__(tokens)
+        self.tokens = tokens
+
+
 class VllmEngine:
     """A started vLLM AsyncLLM; `complete` runs one job attempt in its continuous batch."""
 
@@ -63,8 +74,7 @@ class VllmEngine:
         self._tokenizer: Any = engine.get_tokenizer()
         self._max_model_len = int(engine.model_config.max_model_len)
         self._max_num_seqs = int(engine.vllm_config.scheduler_config.max_num_seqs)
-        self._bulk_limit = max(1, self._max_num_seqs - options.interactive_slots)
-        self._bulk_slots = asyncio.Semaphore(self._bulk_limit)
+        self._slots = EngineSlots(self._max_num_seqs, options.interactive_slots, options.preempt)
 
     @classmethod
     async def start(cls, options: EngineOptions) -> VllmEngine:
@@ -95,7 +105,7 @@ class VllmEngine:
     @property
     def bulk_slots(self) -> int:
         """How many bulk requests the engine runs at once (the rest wait their turn here)."""
-        return self._bulk_limit
+        return self._slots.bulk_limit
 
     @property
     def max_model_len(self) -> int:
@@ -108,16 +118,12 @@ class VllmEngine:
             raise RetryableError("engine_closed", "The vLLM engine was shut down.")
         prompt_ids = self._prompt_ids(request.body)
         params = self._sampling_params(request.body, len(prompt_ids))
-        request_id = f"{request.job_id}-{request.attempt}"
-        if request.priority < BULK_BAND:  # interactive: a slot is kept free for it
-            generated = await self._generate(
-                prompt_ids, params, request_id, request.priority, request.model
-            )
+        if request.priority < BULK_BAND:
+            request_id = f"{request.job_id}-{request.attempt}"
+            generated = await self._interactive(request, prompt_ids, params, request_id)
+            preemptions = 0
         else:
-            async with self._bulk_slots:
-                generated = await self._generate(
-                    prompt_ids, params, request_id, request.priority, request.model
-                )
+            request_id, generated, preemptions = await self._bulk(request, prompt_ids, params)
         return Completion(
             content=generated.text,
             finish_reason=generated.finish_reason,
@@ -125,8 +131,54 @@ class VllmEngine:
             completion_tokens=generated.token_count,
             ttft_ms=generated.ttft_ms,
             request_id=request_id,
-            extra={"cached_prompt_tokens": generated.cached_tokens},
+            extra={"cached_prompt_tokens": generated.cached_tokens, "preemptions": preemptions},
         )
+
+    async def _interactive(
+        self, request: JobRequest, prompt_ids: list[int], params: Any, request_id: str
+    ) -> _Generated:
+        """Run an interactive request at once: in a kept-free slot, else in one a bulk
+        request is aborted for."""
+        victim = self._slots.enter_interactive(request.job_id)
+        try:
+            if victim is not None:
+                await self._preempt(victim)
+            return await self._generate(prompt_ids, params, request_id, request)
+        finally:
+            self._slots.exit_interactive()
+
+    async def _preempt(self, victim: Running) -> None:
+        """Abort `victim` before submitting the interactive request, so that vLLM's next step
+        has its slot free; the victim's own stream then ends and it queues again."""
+        try:
+            await self._engine.abort(victim.request_id)
+        except Exception:  # a dead engine fails the interactive request itself, next
+            log.warning("vllm_engine.abort_failed", request_id=victim.request_id, exc_info=True)
+
+    async def _bulk(
+        self, request: JobRequest, prompt_ids: list[int], params: Any
+    ) -> tuple[str, _Generated, int]:
+        """Run a bulk request in a bulk slot, again (first in line, same attempt) each time
+        it is preempted; returns the request id that finished and the preemption count."""
+        preemptions = 0
+        while True:
+            suffix = f"-p{preemptions}" if preemptions else ""
+            running = Running(f"{request.job_id}-{request.attempt}{suffix}", request.priority)
+            await self._slots.acquire(running, first=preemptions > 0)
+            try:
+                generated = await self._generate(
+                    prompt_ids, params, running.request_id, request, running
+                )
+            except _Preempted as preempted:
+                self._slots.release(running, wake=False)  # its next run asks first, below
+                preemptions += 1
+                _count_preemption(request, running, preempted.tokens)
+                continue
+            except BaseException:
+                self._slots.release(running)
+                raise
+            self._slots.release(running)
+            return running.request_id, generated, preemptions
 
     async def aclose(self) -> None:
         """Stop the engine process; safe to call twice."""
@@ -174,10 +226,17 @@ class VllmEngine:
             raise _bad_request("invalid_request", f"Invalid sampling parameters: {exc}") from exc
 
     async def _generate(
-        self, prompt_ids: list[int], params: Any, request_id: str, priority: int, model: str
+        self,
+        prompt_ids: list[int],
+        params: Any,
+        request_id: str,
+        request: JobRequest,
+        running: Running | None = None,
     ) -> _Generated:
         """Stream one request through the engine, timing its first token; the request
-        counts as waiting in promptq_engine_requests until then, running after."""
+        counts as waiting in promptq_engine_requests until then, running after. A bulk
+        request's `running` record follows its token count; raises _Preempted when it was
+        aborted for an interactive request."""
         from vllm.inputs import tokens_input
 
         started = time.monotonic()
@@ -187,9 +246,9 @@ class VllmEngine:
         finish: str | None = None
         cached: int | None = None
         stream = self._engine.generate(
-            tokens_input(prompt_ids), params, request_id, priority=priority
+            tokens_input(prompt_ids), params, request_id, priority=request.priority
         )
-        state = ENGINE_REQUESTS.labels(model, "waiting")
+        state = ENGINE_REQUESTS.labels(request.model, "waiting")
         state.inc()
         try:
             async for output in stream:
@@ -197,18 +256,36 @@ class VllmEngine:
                 if ttft_ms is None and choice.token_ids:
                     ttft_ms = (time.monotonic() - started) * 1000
                     state.dec()
-                    state = ENGINE_REQUESTS.labels(model, "running")
+                    state = ENGINE_REQUESTS.labels(request.model, "running")
                     state.inc()
                 parts.append(choice.text)
                 token_count += len(choice.token_ids)
                 finish, cached = choice.finish_reason, output.num_cached_tokens
+                if running is not None:
+                    running.tokens = token_count
         except Exception as exc:
             raise _job_error(exc) from exc
         finally:
             state.dec()
+        if finish in (None, "abort") and running is not None and running.preempted:
+            raise _Preempted(token_count)
         if finish in (None, "abort", "error"):
             raise RetryableError("engine_error", f"The engine ended the request ({finish}).")
         return _Generated("".join(parts), token_count, str(finish), ttft_ms, cached)
+
+
+def _count_preemption(request: JobRequest, running: Running, tokens: int) -> None:
+    PREEMPTED.labels(request.model).inc()
+    PREEMPTED_TOKENS.labels(request.model).inc(tokens)
+    log.info(
+        "job.preempted",
+        job_id=request.job_id,
+        attempt=request.attempt,
+        model=request.model,
+        priority=request.priority,
+        wasted_tokens=tokens,
+        preempted_for=running.preempted_for,
+    )
 
 
 def _engine_args(options: EngineOptions) -> Any:

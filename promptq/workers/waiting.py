@@ -1,6 +1,7 @@
 """Waiting reasons of running jobs, written to Postgres in groups: hundreds of jobs start
 to wait on a rate limit at the same moment, and each must not take a connection of its
-own. A note that cannot be written is logged and dropped: it never fails a job."""
+own. A note that cannot be written is logged and dropped: it never fails a job. And the
+end of waiting: a line that outlived its batch's window expires the batch."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ import asyncio
 
 import structlog
 
+from promptq.batches import expire_batch
 from promptq.db import Database
 from promptq.jobs import ClaimedJob, note_waiting
+from promptq.models import Batch
 
-__all__ = ["WaitingNotes"]
+__all__ = ["WaitingNotes", "expire_window"]
 
 log = structlog.get_logger(__name__)
 
@@ -48,3 +51,16 @@ class WaitingNotes:
                 await note_waiting(session, notes)
         except Exception:
             log.warning("job.waiting_note_failed", jobs=len(notes), exc_info=True)
+
+
+async def expire_window(db: Database, batch_id: str) -> None:
+    """A line waited past its batch's window, maybe before the sweeper saw the window end:
+    expire the batch now (guarded, a no-op for a batch that already ended), so it ends
+    `expired` and its other waiting lines `batch_expired`, not `completed`."""
+    try:
+        async with db.session() as session:
+            batch = await session.get(Batch, batch_id)
+            if batch is not None:
+                await expire_batch(session, batch)
+    except Exception:  # the sweeper expires it on its next pass
+        log.warning("batch.expire_failed", batch_id=batch_id, exc_info=True)

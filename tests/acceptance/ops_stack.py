@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tests.conftest import SIM_KEY, SIM_PRICES, stack_env
+from tests.conftest import SIM_KEY, sim_gpt_toml, stack_env
 from tests.stack import RedisServer, Stack, create_database, drop_database
 
 #: A vllm model no worker serves here: its queue only fills up.
@@ -20,16 +20,7 @@ def private_stack(log_dir: Path, home: Path, sim_url: str) -> Iterator[Stack]:
     pg_url = create_database("promptq_ops")
     redis = RedisServer(log_dir)
     models = home / "models.toml"
-    models.write_text(f"""
-[[models]]
-name = "sim-gpt"
-backend = "openai"
-base_url = "{sim_url}/v1"
-api_key_env = "SIM_PROVIDER_KEY"
-upstream = "gpt-sim"
-input_per_mtok = {SIM_PRICES["input"]}
-output_per_mtok = {SIM_PRICES["output"]}
-
+    models.write_text(f"""{sim_gpt_toml(sim_url)}
 [[models]]
 name = "{IDLE_GPU_MODEL}"
 backend = "vllm"

@@ -48,6 +48,32 @@ def test_a_malformed_job_gets_400_invalid_request(client: httpx.Client, body: di
     assert _error(client.post("/v1/jobs", json=body), 400) == "invalid_request"
 
 
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"deadline": "2020-01-01T00:00:00Z"}, "deadline"),  # in the past
+        ({"deadline": "2030-01-01T00:00:00"}, "deadline"),  # no offset
+        ({"timeout_seconds": 0}, "timeout_seconds"),
+        ({"timeout_seconds": 30, "deadline": "2030-01-01T00:00:00Z"}, "deadline"),
+    ],
+)
+def test_a_bad_deadline_gets_400_invalid_deadline(
+    client: httpx.Client, fields: dict[str, object], param: str
+) -> None:
+    body = {"model": "sim-gpt", "messages": [{"role": "user", "content": "hi"}], **fields}
+    response = client.post("/v1/jobs", json=body)
+    assert _error(response, 400) == "invalid_deadline"
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_job_with_a_timeout_shows_its_deadline(client: httpx.Client) -> None:
+    body = {"model": "sim-gpt", "messages": [{"role": "user", "content": "hi"}]}
+    response = client.post("/v1/jobs", json={**body, "timeout_seconds": 600})
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert job["deadline_at"] - job["created_at"] in (599, 600, 601)
+
+
 def test_a_body_that_is_not_json_gets_400(client: httpx.Client) -> None:
     response = client.post(
         "/v1/jobs", content=b"{not json", headers={"content-type": "application/json"}

@@ -18,7 +18,7 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from promptq.config import Settings
-from promptq.constants import gpu_queue
+from promptq.constants import gpu_interactive_queue, gpu_queue
 from promptq.db import create_sync_engine
 from promptq.scheduler.dispatch import publish
 from promptq.workers.celery_app import make_celery
@@ -156,9 +156,12 @@ def test_flower_counts_jobs_as_the_jobs_table_does(watched: Watched) -> None:
         t["name"] == "sim-gpt" for t in _tasks(watched.flower_url, "STARTED").values()
     )
     assert all(t["name"] == "sim-gpt" for t in _tasks(watched.flower_url, "SUCCESS").values())
-    # And the queue no worker consumes holds the 3 messages of steps 0, 3 and 7
+    # And the queues no worker consumes hold the 3 messages: step 7 on the model's queue,
+    # the interactive steps 0 and 3 on its interactive queue
     lengths = _flower_get(f"{watched.flower_url}/api/queues/length").json()["active_queues"]
-    assert {q["name"]: q["messages"] for q in lengths}[gpu_queue(IDLE_GPU_MODEL)] == 3
+    messages = {q["name"]: q["messages"] for q in lengths}
+    assert messages[gpu_queue(IDLE_GPU_MODEL)] == 1
+    assert messages[gpu_interactive_queue(IDLE_GPU_MODEL)] == 2
 
 
 def test_a_failed_job_is_listed_as_failed_in_the_browser(
@@ -182,13 +185,18 @@ def test_a_failed_job_is_listed_as_failed_in_the_browser(
         # Then it says FAILURE, with the model as the task's name
         wait.until(lambda _: "FAILURE" in row.text)
         assert "sim-gpt" in row.text, row.text
-        # And the broker page counts the idle GPU queue's 3 messages over every step
+        # And the broker page counts the idle GPU model's 3 messages over every step: step 7
+        # on its queue, steps 0 and 3 on its interactive queue
         browser.get(f"{watched.flower_url}/broker")
-        queue_row = wait.until(
-            ec.presence_of_element_located(
-                (By.XPATH, f"//tr[td[contains(., '{gpu_queue(IDLE_GPU_MODEL)}')]]")
+        for queue, count in (
+            (gpu_queue(IDLE_GPU_MODEL), "1"),
+            (gpu_interactive_queue(IDLE_GPU_MODEL), "2"),
+        ):
+            queue_row = wait.until(
+                ec.presence_of_element_located((By.XPATH, f"//tr[td[contains(., '{queue}')]]"))
             )
-        )
-        assert queue_row.find_elements(By.TAG_NAME, "td")[1].text.strip() == "3", queue_row.text
+            assert queue_row.find_elements(By.TAG_NAME, "td")[1].text.strip() == count, (
+                queue_row.text
+            )
     finally:
         browser.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": {}})

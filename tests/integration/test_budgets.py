@@ -25,6 +25,7 @@ from promptq.budgets import (
     settle,
 )
 from promptq.db import Database
+from promptq.jobs import ClaimedJob, JobFailure, JobOutcome, record_finished
 from promptq.keys import create_key
 from promptq.models import Budget, BudgetPeriod, Job, JobStatus, utcnow
 from promptq.models import Reservation as ReservationRow
@@ -287,3 +288,31 @@ async def test_many_asks_in_one_transaction_are_granted_in_order(db: Database) -
     rest = outcomes[:5] + outcomes[6:]
     assert rest == [Reservation.RESERVED] * 14 + [Reservation.WAIT] * 6
     assert (await _budget(db, budget_id)).reserved_usd == Decimal("0.98")
+
+
+async def test_the_result_write_settles_its_jobs_reservations(any_db: Database) -> None:
+    # Given two running jobs, one holding 0.4 + 0.1 USD (an escalation topped it up), the
+    # other 0.4 USD, of a 1 USD budget
+    budget_id = await _new_budget(any_db, "1")
+    a, b = await _running_jobs(any_db, 2, budget_id)
+    for job, amount in ((a, "0.4"), (a, "0.1"), (b, "0.4")):
+        async with any_db.session() as session:
+            got = await reserve(session, job, budget_id, Decimal(amount))
+            assert got is Reservation.RESERVED
+
+    # When the worker stores one's answer (0.25 USD) and the other's failure in one group
+    def claimed(job: HeldJob) -> ClaimedJob:
+        return ClaimedJob(job.id, "t", None, "m", {}, 5, 1, 3, OWNER, budget_id=budget_id)
+
+    answer = JobOutcome("hi", "stop", 10, 5, Decimal("0.25"), {}, None)
+    async with any_db.session() as session:
+        stored = await record_finished(
+            session, [(claimed(a), answer), (claimed(b), JobFailure("provider_error", "no"))]
+        )
+
+    # Then the budget spent 0.25 and holds nothing, with no settler involved
+    assert stored == [True, True]
+    budget = await _budget(any_db, budget_id)
+    assert (budget.spent_usd, budget.reserved_usd) == (Decimal("0.25"), Decimal(0))
+    async with any_db.session() as session:
+        assert await settle(session) == 0

@@ -83,3 +83,19 @@ async def test_entries_expire_after_their_ttl(caches: list[ResponseCache]) -> No
     await caches[0].store(lead, ANSWER, ttl_seconds=60)
     ttl = await caches[0]._redis.ttl(f"promptq:cache:{key}")
     assert 0 < ttl <= 60
+
+
+async def test_lookups_of_many_requests_at_once_survive_a_flushed_script_cache(
+    caches: list[ResponseCache], redis_server: RedisServer
+) -> None:
+    # Given Redis forgot the cache's scripts (restarted, or SCRIPT FLUSH)
+    client = aioredis.Redis.from_url(redis_server.url)
+    await client.script_flush()
+    await client.aclose()
+    keys = [cache_key("acme", "m", {**BODY, "seed": 100 + i}) for i in range(20)]
+    # When 20 different requests look up at once, and their leaders store answers
+    leads = await asyncio.gather(*(caches[0].lookup(k, max_wait=5) for k in keys))
+    await asyncio.gather(*(caches[0].store(lead, ANSWER, 60) for lead in leads))  # type: ignore[arg-type]
+    # Then each led its own key, and each answer is there for the next request
+    assert all(isinstance(lead, Lead) for lead in leads)
+    assert [await caches[1].lookup(k, max_wait=1) for k in keys] == [Hit(ANSWER)] * 20

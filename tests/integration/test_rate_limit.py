@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from promptq.constants import RATE_WAIT_PREFIX, RATE_WAIT_SEEN_PREFIX
 from promptq.scheduler.admission import AdmissionGate, WaitExpired
 from promptq.scheduler.rate_headers import RateSignal, parse_duration, read_rate_headers
 from promptq.scheduler.rate_limit import DeploymentLimits, RateLimiter, RateLimitSettings
@@ -215,6 +216,87 @@ async def test_a_waiter_reports_why_and_can_give_up(redis: aioredis.Redis) -> No
             max_wait=0.2,
         )
     assert reasons == ["rate_limited"]
+
+
+class _Process:
+    """One worker process's admission: its own Redis client, limiter and gate."""
+
+    def __init__(self, url: str, order: list[str], burst_done: asyncio.Event) -> None:
+        self.redis = aioredis.Redis.from_url(url)
+        settings = RateLimitSettings(burst_seconds=0.5, bulk_reserve=0)
+        self.gate = AdmissionGate(RateLimiter(self.redis, settings))
+        self.order, self.burst_done = order, burst_done
+
+    async def call(self, limits: DeploymentLimits, name: str, priority: int) -> None:
+        permit = await self.gate.acquire(
+            limits, 1, band=5, priority=priority, slot_id=name, interactive=False
+        )
+        self.order.append(name)
+        if len(self.order) == 5:
+            self.burst_done.set()
+        await self.gate.settle(permit, 1)
+
+
+async def _contend(
+    redis_server: RedisServer, first: tuple[str, int], second: tuple[str, int]
+) -> list[str]:
+    """12 calls of process A (`first`: name prefix, priority) wait on a tight limit; once
+    the bucket's first 5 went, 8 calls of process B (`second`) join. The grant order."""
+    order: list[str] = []
+    burst_done = asyncio.Event()
+    a, b = (_Process(redis_server.url, order, burst_done) for _ in range(2))
+    limits = _limits(rpm=600)  # 10/s, a bucket of 5
+    calls = [asyncio.create_task(a.call(limits, f"{first[0]}{i}", first[1])) for i in range(12)]
+    await burst_done.wait()
+    calls += [asyncio.create_task(b.call(limits, f"{second[0]}{i}", second[1])) for i in range(8)]
+    await asyncio.gather(*calls)
+    for process in (a, b):
+        await process.redis.aclose()
+    return order
+
+
+async def test_across_processes_a_lower_priority_number_is_admitted_first(
+    redis_server: RedisServer,
+) -> None:
+    # Given process A's priority-5 calls waiting on a tight limit
+    # When process B's priority-1 calls arrive behind them
+    order = await _contend(redis_server, ("a", 5), ("b", 1))
+    # Then B's calls take the capacity before A's still waiting (one of A's may have been
+    # granted as B's arrived)
+    last_b = max(i for i, name in enumerate(order) if name.startswith("b"))
+    a_before_last_b = [n for n in order[5:last_b] if n.startswith("a")]
+    assert len(a_before_last_b) <= 1, order
+    assert len(order) == 20
+
+
+async def test_across_processes_equal_priorities_are_admitted_in_arrival_order(
+    redis_server: RedisServer,
+) -> None:
+    # Given process A's calls waiting on a tight limit
+    # When process B's calls of the same priority arrive later
+    order = await _contend(redis_server, ("a", 5), ("b", 5))
+    # Then A's waiting calls go first (one of B's may slip in as it arrives)
+    last_a = max(i for i, name in enumerate(order) if name.startswith("a"))
+    b_before_last_a = [n for n in order[:last_a] if n.startswith("b")]
+    assert len(b_before_last_a) <= 1, order
+
+
+async def test_a_dead_process_place_in_the_waiting_room_lapses(redis: aioredis.Redis) -> None:
+    # Given a waiting room where a process that died left a place ahead of everyone
+    settings = RateLimitSettings(burst_seconds=0.5, bulk_reserve=0, room_ttl=1.0)
+    gate = AdmissionGate(RateLimiter(redis, settings))
+    limits = _limits(rpm=600)
+    await redis.zadd(f"{RATE_WAIT_PREFIX}{limits.key}", {"dead-lane": 0})
+    await redis.zadd(
+        f"{RATE_WAIT_SEEN_PREFIX}{limits.key}", {"dead-lane": await _redis_now(redis) + 1}
+    )
+    # When a live process asks for capacity
+    permit = await asyncio.wait_for(
+        gate.acquire(limits, 1, band=5, priority=5, slot_id="live", interactive=False), 10
+    )
+    # Then it is served once the dead place lapsed, and it leaves no place behind
+    await gate.settle(permit, 1)
+    assert await redis.zcard(f"{RATE_WAIT_PREFIX}{limits.key}") == 0
 
 
 def test_durations_and_headers_parse() -> None:

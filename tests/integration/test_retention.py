@@ -18,6 +18,7 @@ from promptq.models import (
     File,
     FileLine,
     FilePurpose,
+    IdempotencyKey,
     Job,
     JobStatus,
     UsageRecord,
@@ -228,3 +229,26 @@ async def test_a_file_a_running_batch_reads_cannot_be_deleted(history: Database)
     files = await _ids(history, File.id)
     assert "b_running_in" in files and "f_old" not in files
     assert "f_old" not in await _ids(history, FileLine.file_id)
+
+
+async def test_purge_forgets_idempotency_keys_past_their_time_to_live(history: Database) -> None:
+    # Given a remembered answer from two days ago and one from a minute ago
+    async with history.session() as session:
+        for key, created in (("old", RECENT), ("fresh", NOW - timedelta(minutes=1))):
+            session.add(
+                IdempotencyKey(
+                    tenant="t",
+                    endpoint="POST /v1/jobs",
+                    key=key,
+                    request_hash="0" * 64,
+                    status_code=200,
+                    response={},
+                    created_at=created,
+                )
+            )
+        await session.commit()
+    # When retention runs with a one-day time to live
+    purged = await purge(history, Settings(idempotency_ttl_seconds=86400))
+    # Then only the expired one is gone
+    assert purged["idempotency_keys"] == 1
+    assert await _ids(history, IdempotencyKey.key) == {"fresh"}

@@ -19,6 +19,9 @@ THRESHOLD = 0.95
 PARAPHRASES = [
     ("How do I reverse a list in Python?", "How can I reverse a Python list?"),
     ("What is the capital of France?", "What's the capital city of France?"),
+    ("What is the capital of France?", "which city is the capital of france"),  # 0.967
+    ("Who is the CEO of Apple?", "who is the ceo of apple"),  # case, punctuation: 1.0
+    ("What does HTML stand for?", "  What does HTML   stand for ?? "),
 ]
 DIFFERENT = [
     ("What is the capital of France?", "What is the capital of Germany?"),  # a name
@@ -28,6 +31,9 @@ DIFFERENT = [
     ("How tall is Mount Everest?", "How old is Mount Everest?"),
     ("What year did the Berlin Wall fall?", "What year was the Berlin Wall built?"),
     ("Translate 'good morning' to Spanish.", "Translate 'good morning' to French."),
+    ("How do I reverse a list in C++?", "How do I reverse a list in C?"),  # inner symbols
+    ("What is a+b?", "What is a-b?"),
+    ("Who wrote Hamlet?", "Who wrote Macbeth?"),
 ]
 
 
@@ -74,6 +80,34 @@ async def test_a_different_question_misses(
     semantic: SemanticCache, first: str, second: str
 ) -> None:
     assert await _cache_then_ask(semantic, first, second) is None
+
+
+def test_what_is_embedded_is_the_last_user_message_normalised() -> None:
+    body = {
+        "messages": [
+            {"role": "system", "content": "You are terse."},
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello."},
+            {"role": "user", "content": [{"type": "text", "text": "  What IS a+b?? "}]},
+        ]
+    }
+    assert prompt_text(body) == "what is a+b"
+
+
+def test_another_system_prompt_or_earlier_turn_is_never_compared() -> None:
+    def chat(system: str, earlier: str, last: str) -> dict[str, object]:
+        messages = [
+            {"role": "system", "content": system},
+            {"role": "user", "content": earlier},
+            {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": last},
+        ]
+        return {"model": "m", "messages": messages}
+
+    base = group_key("acme", "m", chat("Answer in French.", "Help me.", "What is 2+2?"))
+    assert group_key("acme", "m", chat("Answer in French.", "Help me.", "what's 2+2")) == base
+    assert group_key("acme", "m", chat("Answer in German.", "Help me.", "What is 2+2?")) != base
+    assert group_key("acme", "m", chat("Answer in French.", "Help Bob.", "What is 2+2?")) != base
 
 
 async def test_different_parameters_or_tenants_are_never_compared(semantic: SemanticCache) -> None:

@@ -181,3 +181,61 @@ def test_an_interactive_request_starts_at_once_behind_a_full_engine(
     finished = runner.run(_finish_order(engine, bulk=60, min_tokens=24))
     # When an interactive request (step 0) arrives, then it is among the first to finish
     assert finished.index("urgent") <= 2, finished[:5]
+
+
+def test_an_interactive_request_with_no_free_slot_preempts_a_bulk_one(
+    runner: asyncio.Runner, engine: VllmEngine
+) -> None:
+    """The kept-free slots are taken by two long interactive requests: a third aborts the
+    lowest-priority bulk request, which runs again first in line and finishes once."""
+    from prometheus_client import REGISTRY
+
+    def counter(name: str) -> float:
+        return REGISTRY.get_sample_value(name, {"model": "smollm2"}) or 0.0
+
+    before = counter("promptq_preempted_total"), counter("promptq_preempted_tokens_total")
+
+    async def scenario() -> tuple[list[Completion], Completion]:
+        # Given every bulk slot and both kept-free slots generating
+        bulk = [
+            asyncio.create_task(
+                engine.complete(
+                    job(f"pre-bulk-{i}", f"Write a story about robot {i}.", 10, max_tokens=48)
+                )
+            )
+            for i in range(engine.bulk_slots + 2)
+        ]
+        long_interactive = [
+            asyncio.create_task(
+                engine.complete(job(f"pre-long-{i}", "Write a long poem.", 1, max_tokens=96))
+            )
+            for i in range(2)
+        ]
+        async with asyncio.timeout(120):
+            while _running_gauge() < engine.max_num_seqs:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        # When one more interactive request arrives
+        urgent = await engine.complete(job("pre-urgent", "Say hello.", 0, max_tokens=8))
+        await asyncio.gather(*long_interactive)
+        return list(await asyncio.gather(*bulk)), urgent
+
+    bulk_results, urgent = runner.run(scenario())
+    preempted = [r for r in bulk_results if r.extra["preemptions"]]
+    after = counter("promptq_preempted_total"), counter("promptq_preempted_tokens_total")
+
+    # Then it completes, one bulk request was aborted for it and finished on its re-run
+    # (one answer each, the re-run's tokens only), and the wasted tokens were counted
+    assert urgent.content and urgent.extra["preemptions"] == 0
+    assert len(preempted) == 1, [r.request_id for r in preempted]
+    assert preempted[0].request_id is not None and preempted[0].request_id.endswith("-1-p1")
+    assert 0 < preempted[0].completion_tokens <= 48
+    assert all(r.content for r in bulk_results)
+    assert after[0] - before[0] == 1
+    assert after[1] - before[1] >= 1
+
+
+def _running_gauge() -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"model": "smollm2", "state": "running"}
+    return REGISTRY.get_sample_value("promptq_engine_requests", labels) or 0.0

@@ -68,6 +68,16 @@ def test_an_unhealthy_model_is_skipped_while_another_fits() -> None:
     assert [e.name for e in route.chain] == ["large"]
 
 
+def test_an_unhealthy_pricier_model_stays_in_the_escalation_chain() -> None:
+    route = plan_route(CATALOG, AUTO, _body(5), None, 1024, healthy=lambda e: e.name != "large")
+    assert [e.name for e in route.chain] == ["small", "large"]
+
+
+def test_with_no_healthy_model_the_cheapest_fitting_one_is_tried_first() -> None:
+    route = plan_route(CATALOG, AUTO, _body(5), None, 1024, healthy=lambda e: False)
+    assert [e.name for e in route.chain] == ["small", "large"]
+
+
 def test_a_router_naming_an_unknown_model_is_refused() -> None:
     bad = {**MODELS, "routers": [{"name": "auto", "candidates": ["small", "nope"]}]}
     with pytest.raises(ConfigError, match="unknown candidate"):

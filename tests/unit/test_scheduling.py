@@ -8,8 +8,9 @@ from datetime import timedelta
 import pytest
 
 from promptq.batches import parse_window
+from promptq.constants import REMOTE_INTERACTIVE_QUEUE, REMOTE_QUEUE, gpu_queue
 from promptq.errors import InvalidRequest, RateLimited, RetryableError
-from promptq.queues import queue_step
+from promptq.queues import delivery_queue, queue_step
 from promptq.retry import backoff_delay, parse_retry_after
 
 
@@ -54,3 +55,15 @@ def test_completion_windows(window: str, expected: timedelta) -> None:
 def test_bad_completion_windows_are_refused(window: str) -> None:
     with pytest.raises(InvalidRequest):
         parse_window(window)
+
+
+def test_interactive_chunks_travel_on_their_workers_interactive_queue() -> None:
+    interactive = queue_step(0, interactive=True)
+    bulk = queue_step(0, interactive=False)
+    assert delivery_queue(REMOTE_QUEUE, interactive) == REMOTE_INTERACTIVE_QUEUE
+    assert delivery_queue(REMOTE_QUEUE, bulk) == REMOTE_QUEUE
+    gpu = gpu_queue("llama")
+    assert delivery_queue(gpu, interactive) == "promptq.gpu-interactive.llama"
+    assert delivery_queue(gpu, bulk) == gpu
+    # no model name makes a GPU queue another model's interactive queue
+    assert delivery_queue(gpu_queue("llama.interactive"), bulk) != delivery_queue(gpu, interactive)

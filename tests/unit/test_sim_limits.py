@@ -127,3 +127,25 @@ def test_a_provider_started_down_answers_503_and_always_failing_answers_its_stat
 def test_limits_can_be_set_at_run_time() -> None:
     responses = _calls(SimConfig(), ("POST", "/_sim/config", {"rpm": 60}), _chat(), _chat())
     assert [r.status_code for r in responses[1:]] == [200, 429]
+
+
+def test_the_calls_log_lists_each_call_in_arrival_order_with_status_and_prompt() -> None:
+    # Given a provider enforcing 60 RPM with one request of burst
+    config = SimConfig(rpm=60, burst_seconds=1.0)
+    # When three chat requests arrive, then the log is read
+    responses = _calls(
+        config,
+        _chat("first prompt"),
+        _chat("second prompt"),
+        _chat("x" * 200),
+        ("GET", "/_sim/calls", None),
+    )
+    # Then it lists the three in order: the first served, the next two refused, with the
+    # start of each prompt, times counted from the first
+    calls = responses[-1].json()["calls"]
+    assert [(status, tag) for _, status, tag in calls] == [
+        (200, "first prompt"),
+        (429, "second prompt"),
+        (429, "x" * 80),
+    ]
+    assert calls[0][0] == 0 and calls[0][0] <= calls[1][0] <= calls[2][0]

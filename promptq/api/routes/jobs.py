@@ -18,6 +18,7 @@ from promptq.api.deps import (
 )
 from promptq.api.schemas import JobCreate, JobOut, job_out
 from promptq.catalog import Catalog
+from promptq.deadline import job_deadline
 from promptq.ids import new_id
 from promptq.jobs import cancel, submit
 from promptq.models import ApiKey, Job, utcnow
@@ -50,6 +51,8 @@ async def _submit(
     body: JobCreate, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
 ) -> JobOut:
     request = body.request_body()
+    now = utcnow()
+    deadline = job_deadline(body.deadline, body.timeout_seconds, now)
     task = (body.metadata or {}).get("task")
     entry, chain = serving_entry(catalog, body.model, request, task, state.settings)
     if body.webhook_url:
@@ -67,7 +70,8 @@ async def _submit(
             max_attempts=state.settings.max_attempts,
             job_metadata=body.metadata,
             webhook_url=body.webhook_url or key.webhook_url,
-            created_at=utcnow(),
+            created_at=now,
+            deadline_at=deadline,
             api_key_id=key.id,
             budget_id=admitted.budget_id,
             cache_opt_out=body.cache is False,

@@ -1,8 +1,8 @@
 """batches.max_cost_usd: the client's limit, checked when the batch is validated after
 `POST /v1/batches` answered
 
-Revision ID: 0008_scale_batch_max_cost
-Revises: 0007_traffic_waiting_served
+Revision ID: 0009_scale_batch_max_cost
+Revises: 0008_traffic2_job_deadline
 Create Date: 2026-11-22 07:30:00
 """
 
@@ -12,8 +12,8 @@ import sqlalchemy as sa
 
 from alembic import op
 
-revision = "0008_scale_batch_max_cost"
-down_revision = "0007_traffic_waiting_served"
+revision = "0009_scale_batch_max_cost"
+down_revision = "0008_traffic2_job_deadline"
 branch_labels = None
 depends_on = None
 
