@@ -46,6 +46,7 @@ __all__ = [
     "wait_batch",
     "wait_http",
     "wait_until",
+    "wait_validated",
 ]
 
 PG_ADMIN_URL = os.environ.get("PROMPTQ_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -256,6 +257,21 @@ def create_batch(client: httpx.Client, file_id: str) -> tuple[dict[str, Any], fl
     response = client.post("/v1/batches", json=body)
     response.raise_for_status()
     return response.json(), time.perf_counter() - start
+
+
+def wait_validated(
+    client: httpx.Client, batch_id: str, timeout: float = 600.0, interval: float = 0.1
+) -> tuple[dict[str, Any], float]:
+    """Poll a batch until it is no longer `validating` (its lines are stored as jobs);
+    returns it and the seconds waited."""
+    start = time.perf_counter()
+    while True:
+        batch: dict[str, Any] = client.get(f"/v1/batches/{batch_id}").raise_for_status().json()
+        if batch["status"] != "validating":
+            return batch, time.perf_counter() - start
+        if time.perf_counter() - start > timeout:
+            raise TimeoutError(f"batch {batch_id} still validating after {timeout}s")
+        time.sleep(interval)
 
 
 def wait_batch(

@@ -51,6 +51,7 @@ from common import (
     wait_batch,
     wait_http,
     wait_until,
+    wait_validated,
 )
 
 from promptq.constants import BROKER_EPOCH_KEY
@@ -399,6 +400,8 @@ def run_upload(svc: Services, lines: int, line_chars: int) -> dict[str, Any]:
             file_id, upload_s = upload(client, path)
             hwm_upload = proc_status_kib(api.pid, "VmHWM")
             batch, create_s = create_batch(client, file_id)
+            created_status = batch["status"]
+            batch, validate_s = wait_validated(client, batch["id"])
             hwm_create = proc_status_kib(api.pid, "VmHWM")
             rss_after = proc_status_kib(api.pid, "VmRSS")
             cpu = meter.used()
@@ -411,6 +414,8 @@ def run_upload(svc: Services, lines: int, line_chars: int) -> dict[str, Any]:
         "bytes": size,
         "upload_s": round(upload_s, 3),
         "create_s": round(create_s, 3),
+        "created_status": created_status,
+        "validate_s": round(validate_s, 3),
         "lines_per_s": round(lines / total_s, 1),
         "mb_per_s": round(size / 1e6 / total_s, 2),
         "api_rss_before_mib": round(rss_before / MIB, 1),
@@ -569,6 +574,10 @@ def _upload_rows(u: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [
         ("upload + create", f"{u['lines_per_s']:.0f} lines/s ({size}, {u['mb_per_s']} MB/s)"),
         ("  upload, create", f"{u['upload_s']:.2f} s, {u['create_s']:.2f} s"),
+        (
+            "  validation after create",
+            f"{u.get('validate_s', 0):.2f} s (answered {u.get('created_status', '?')})",
+        ),
         ("  CPU (share of wall)", _cpu_line(u["cpu_s"], u["upload_s"] + u["create_s"])),
         ("  API RSS before", f"{u['api_rss_before_mib']:.0f} MiB"),
         (

@@ -144,17 +144,21 @@ def _completed(client: httpx.Client, batch_id: str) -> tuple[str, int]:
 
 def watch_slices(
     client: httpx.Client, batch_id: str, prompts: int, timeout: float, interval: float
-) -> tuple[list[dict[str, float]], float]:
-    """Poll the batch; the time at which each 10% of its prompts had finished."""
+) -> tuple[list[dict[str, float]], float, float | None]:
+    """Poll the batch; the time at which each 10% of its prompts had finished, the whole
+    run, and when it stopped `validating` (its lines all stored as jobs)."""
     start = time.perf_counter()
     marks: list[tuple[float, int]] = [(0.0, 0)]
-    status = "in_progress"
+    status = "validating"
+    validated: float | None = None
     while status not in ("completed", "failed", "cancelled", "expired"):
         if time.perf_counter() - start > timeout:
             raise TimeoutError(f"batch {batch_id} not finished after {timeout}s")
         time.sleep(interval)
         status, done = _completed(client, batch_id)
         marks.append((time.perf_counter() - start, done))
+        if validated is None and status != "validating":
+            validated = marks[-1][0]
     slices = []
     for tenth in range(1, 11):
         goal = prompts * tenth / 10
@@ -167,7 +171,7 @@ def watch_slices(
                 "prompts_per_s": round((prompts / 10) / max(reached - previous, 1e-6), 1),
             }
         )
-    return slices, time.perf_counter() - start
+    return slices, time.perf_counter() - start, validated
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -198,8 +202,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             api_peak_kib = proc_status_kib(api.pid, "VmHWM")
             meter = CpuMeter({**procs, **svc.procs})
             batch, create_s = create_batch(client, file_id)
-            slices, elapsed = watch_slices(client, batch["id"], args.prompts, args.timeout, 2.0)
+            slices, elapsed, validated = watch_slices(
+                client, batch["id"], args.prompts, args.timeout, 2.0
+            )
             cpu = meter.used()
+            api_peak_run_kib = proc_status_kib(api.pid, "VmHWM")
+            final = client.get(f"/v1/batches/{batch['id']}").json()
         full = asyncio.run(probe_latency(svc.db_url, "full"))
         sizes = table_sizes(svc.db_url)
     return {
@@ -215,6 +223,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "api_peak_rss_mib": round(api_peak_kib / 1024, 1),
         "create_batch_s": round(create_s, 3),
         "create_batch_status": batch["status"],
+        "validated_s": None if validated is None else round(validated, 1),
+        "api_peak_rss_run_mib": round(api_peak_run_kib / 1024, 1),
+        "final_status": final["status"],
+        "request_counts": final["request_counts"],
         "run_s": round(elapsed, 1),
         "prompts_per_s": round(args.prompts / elapsed, 1),
         "slices": slices,
@@ -234,7 +246,12 @@ def report(result: dict[str, Any]) -> None:
     print(
         f"POST /v1/batches: {result['create_batch_s']} s (answered {result['create_batch_status']})"
     )
+    print(
+        f"validated (lines stored as jobs) {result['validated_s']} s after the answer; "
+        f"API peak RSS over the run {result['api_peak_rss_run_mib']} MiB"
+    )
     print(f"run: {result['run_s']} s, {result['prompts_per_s']:,} prompts/s")
+    print(f"final: {result['final_status']} {result['request_counts']}")
     print(
         "slices: " + ", ".join(f"{s['slice']}% {s['prompts_per_s']:,}/s" for s in result["slices"])
     )

@@ -11,14 +11,26 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 from promptq.chat_request import MAX_CUSTOM_ID, MAX_MODEL, body_problem
-from promptq.db import unstorable
+from promptq.db import MAX_JSON_DEPTH, unstorable
 
-__all__ = ["SUPPORTED_URLS", "ParsedLine", "RawLine", "parse_line", "read_raw_lines", "too_long"]
+__all__ = [
+    "SUPPORTED_URLS",
+    "ParsedLine",
+    "RawLine",
+    "maybe_unstorable",
+    "parse_line",
+    "read_raw_lines",
+    "too_long",
+]
 
 SUPPORTED_URLS = ("/v1/chat/completions",)
 _DISCARD_CHUNK = 1 << 16  # how much of an over-long line is read at a time, then dropped
 _KEPT_PREFIX = 1000  # characters of an over-long line kept as its stored text
 _CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([^"\\]{1,%d})"' % MAX_CUSTOM_ID)
+# What in a line's text may make its parsed value unstorable: a NUL or surrogate escape,
+# NaN or an infinity (also a number too large for a float), or, past MAX_JSON_DEPTH
+# brackets, deep nesting. Most lines have none, and skip the walk over their value.
+_MAYBE_UNSTORABLE = re.compile(r"\\u0000|\\u[dD][89a-fA-F]|NaN|Infinity|[0-9][eE]|[0-9]{300}")
 
 
 @dataclass(frozen=True)
@@ -125,6 +137,14 @@ def _check_body(raw: str, obj: dict[str, Any], body: dict[str, Any]) -> ParsedLi
     return None
 
 
+def maybe_unstorable(raw: str) -> bool:
+    """False when the value parsed from `raw` surely holds nothing promptq cannot store
+    (a cheap look at the text); True when it must be walked (promptq.db.unstorable)."""
+    if raw.count("[") + raw.count("{") >= MAX_JSON_DEPTH:
+        return True
+    return _MAYBE_UNSTORABLE.search(raw) is not None
+
+
 def parse_line(raw: str) -> tuple[ParsedLine, bool]:
     """Check one JSONL line; the flag says whether it was JSON at all."""
     try:
@@ -134,7 +154,7 @@ def parse_line(raw: str) -> tuple[ParsedLine, bool]:
         return _fail(raw, "invalid_json", f"Line is not valid JSON: {reason}."), False
     if not isinstance(obj, dict):
         return _fail(raw, "invalid_request", "Line must be a JSON object."), True
-    found = unstorable(obj)
+    found = unstorable(obj) if maybe_unstorable(raw) else None
     if found is not None:
         safe = None if unstorable(obj.get("custom_id")) else obj
         message = f"{found[0] or 'Line'} contains {found[1]}, which promptq cannot store."

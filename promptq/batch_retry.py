@@ -6,7 +6,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.batches import create_batch
-from promptq.catalog import Catalog
 from promptq.errors import ApiError, InvalidRequest
 from promptq.ids import new_id
 from promptq.models import (
@@ -29,17 +28,19 @@ RETRIED_STATUSES = (JobStatus.FAILED, JobStatus.EXPIRED, JobStatus.CANCELLED)
 
 async def _copy_lines(session: AsyncSession, source: Batch, file: File) -> int:
     """Copy the input lines of the source batch's unfinished jobs into `file`, renumbered."""
+    # A line whose job has a body parsed: it can run again; the others would fail the same
+    # way. The copies are checked again when the retry is validated.
     picked = (
         sa.select(FileLine, sa.func.row_number().over(order_by=FileLine.line_no).label("n"))
         .join(Job, sa.and_(Job.batch_id == source.id, Job.line_no == FileLine.line_no))
         .where(
             FileLine.file_id == source.input_file_id,
-            FileLine.body.is_not(None),
+            Job.body.is_not(None),
             Job.status.in_(RETRIED_STATUSES),
         )
         .subquery()
     )
-    columns = ["raw", "custom_id", "method", "url", "model", "body", "error_code", "error_message"]
+    columns = ["raw"]
     select = sa.select(
         sa.literal(file.id).label("file_id"),
         picked.c.n.label("line_no"),
@@ -72,10 +73,9 @@ async def _refuse_if_retry_open(session: AsyncSession, source: Batch) -> None:
         )
 
 
-async def retry_batch(
-    session: AsyncSession, catalog: Catalog, source: Batch, max_attempts: int
-) -> Batch:
-    """A new batch over the source's lines that got no result, linked by `retry_of`.
+async def retry_batch(session: AsyncSession, source: Batch) -> Batch:
+    """A new batch over the source's lines that got no result, linked by `retry_of`; it is
+    `validating` until its lines are checked and queued (promptq.scheduler.validation).
 
     One retry at a time: the source row is locked for the transaction that creates the
     retry, so of concurrent retries one creates it and the others find it open (409
@@ -126,4 +126,4 @@ async def retry_batch(
         created_at=now,
         expires_at=now + (source.expires_at - source.created_at),
     )
-    return await create_batch(session, catalog, retry, max_attempts)
+    return await create_batch(session, retry)

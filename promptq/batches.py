@@ -1,36 +1,35 @@
-"""Batches: made from an uploaded file in a few set-based statements; counts, usage and the
-output and error files are derived from their jobs.
+"""Batches: stored `validating` when created, their lines turned into jobs after the request
+answered (promptq.scheduler.validation); counts, usage and the output and error files are
+derived from their jobs.
 
-Every write of `batches.status` is here: create (validating, then in_progress or failed),
-cancel (cancelling), expire (finalizing until running lines end) and finalize (completed,
-cancelled or expired). Their lines' job transitions are in promptq.jobs.transitions."""
+Every write of `batches.status` is here: create (validating), the end of validation
+(in_progress, or failed with `errors`), cancel (cancelling), expire (finalizing until
+running lines end) and finalize (completed, cancelled or expired). Their lines' job
+transitions are in promptq.jobs.transitions."""
 
 from __future__ import annotations
 
 import re
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import QueryableAttribute
 
-from promptq.catalog import Catalog
-from promptq.errors import InvalidRequest, model_not_found_message
+from promptq.errors import InvalidRequest
 from promptq.ids import new_id
-from promptq.jobs import JobErrorCode, cancel_lines, expire_lines, insert_lines
+from promptq.jobs import cancel_lines, expire_lines
 from promptq.models import (
     OPEN_JOB_STATUSES,
     Batch,
     BatchStatus,
     File,
-    FileLine,
     FilePurpose,
     Job,
     JobStatus,
     utcnow,
 )
-from promptq.queues import queue_for
 from promptq.views import BatchSummary, batch_out, summarize
 from promptq.webhooks import emit
 
@@ -38,8 +37,10 @@ __all__ = [
     "cancel_batch",
     "create_batch",
     "expire_batch",
+    "fail_batch",
     "finalize_batch",
     "parse_window",
+    "start_batch",
 ]
 
 _WINDOW = re.compile(r"([0-9]{1,9})([smhd])")  # ASCII digits, few enough for int()
@@ -65,105 +66,60 @@ def parse_window(window: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-def _job_id(batch_id: str) -> sa.ColumnElement[str]:
-    # Job ids of batch lines are made in SQL: job_<batch hex>_<line number>.
-    return sa.literal(f"job_{batch_id.removeprefix('batch_')}_") + sa.cast(
-        FileLine.line_no, sa.String
-    )
-
-
-async def _insert_lines(
-    session: AsyncSession,
-    batch: Batch,
-    where: sa.ColumnElement[bool],
-    values: dict[str, Any],
-    *,
-    refused: bool,
-) -> None:
-    cols: dict[str, Any] = {
-        "id": _job_id(batch.id),
-        "tenant": sa.literal(batch.tenant),
-        "batch_id": sa.literal(batch.id),
-        "line_no": FileLine.line_no,
-        "custom_id": FileLine.custom_id,
-        "model": FileLine.model,
-        "body": FileLine.body,
-        "priority": sa.literal(batch.priority),
-        "attempts": sa.literal(0),
-        "created_at": sa.literal(batch.created_at, type_=Job.created_at.type),
-        "webhook_url": sa.literal(None, type_=sa.Text),
-        "api_key_id": sa.literal(batch.api_key_id, type_=Job.api_key_id.type),
-        "budget_id": sa.literal(batch.budget_id, type_=Job.budget_id.type),
-        "cache_opt_out": sa.literal(batch.cache_opt_out, type_=Job.cache_opt_out.type),
-        **{
-            k: v
-            if isinstance(v, sa.ColumnElement | QueryableAttribute)
-            else sa.literal(v, type_=getattr(Job, k).type)
-            for k, v in values.items()
-        },
-    }
-    select = sa.select(*[c.label(k) for k, c in cols.items()]).where(
-        FileLine.file_id == batch.input_file_id, where
-    )
-    await insert_lines(session, select, list(cols), refused=refused)
-
-
-async def create_batch(
-    session: AsyncSession, catalog: Catalog, batch: Batch, max_attempts: int
-) -> Batch:
-    """Turn the input file's lines into jobs: valid lines queued per model, the rest failed
-    with their line's error. Fails the batch if no line can run."""
+async def create_batch(session: AsyncSession, batch: Batch) -> Batch:
+    """Store a new batch as `validating` (commits): its lines are read, checked and turned
+    into jobs after the request answered (promptq.scheduler.validation)."""
     batch.status = BatchStatus.VALIDATING
     session.add(batch)
-    await session.flush()
-    ok = sa.and_(FileLine.error_code.is_(None), FileLine.url == batch.endpoint)
-    now = utcnow()
-    # A router's lines go to the queue of its models (all served by the same workers).
-    serving = [(name, entry) for name, entry in catalog.items()] + [
-        (name, catalog[router.candidates[0]]) for name, router in catalog.routers.items()
-    ]
-    for name, entry in serving:
-        values = {"queue": queue_for(entry), "max_attempts": max_attempts}
-        where = sa.and_(ok, FileLine.model == name)
-        await _insert_lines(session, batch, where, values, refused=False)
-    failures: list[tuple[sa.ColumnElement[bool], dict[str, Any]]] = [
-        (
-            FileLine.error_code.is_not(None),
-            {"error_code": FileLine.error_code, "error_message": FileLine.error_message},
-        ),
-        (
-            sa.and_(FileLine.error_code.is_(None), FileLine.url != batch.endpoint),
-            {
-                "error_code": JobErrorCode.INVALID_URL.value,
-                "error_message": f"url does not match the batch endpoint {batch.endpoint}.",
-            },
-        ),
-        (
-            sa.and_(ok, FileLine.model.not_in([*catalog, *catalog.routers])),
-            {
-                "error_code": JobErrorCode.MODEL_NOT_FOUND.value,
-                # The one wording of model_not_found, made in SQL for each line's model.
-                "error_message": sa.func.replace(
-                    sa.literal(model_not_found_message("{model}")), "{model}", FileLine.model
-                ),
-            },
-        ),
-    ]
-    for where, extra in failures:
-        values = {"finished_at": now, "max_attempts": max_attempts, **extra}
-        await _insert_lines(session, batch, where, values, refused=True)
-    queued = await session.scalar(
-        sa.select(sa.func.count()).where(Job.batch_id == batch.id, Job.status == JobStatus.QUEUED)
-    )
-    if queued:
-        batch.status, batch.in_progress_at = BatchStatus.IN_PROGRESS, now
-    else:
-        batch.status, batch.failed_at = BatchStatus.FAILED, now
-        batch.errors = [{"code": "no_valid_lines", "message": "No line of the file can run."}]
     await session.commit()
-    if batch.status is BatchStatus.FAILED:
-        await finalize_batch(session, batch.id)
     return batch
+
+
+async def _leave_validating(session: AsyncSession, batch: Batch, **values: Any) -> bool:
+    # Guarded: a batch cancelled or expired while it was validating keeps that state.
+    moved = await session.execute(
+        sa.update(Batch)
+        .where(Batch.id == batch.id, Batch.status == BatchStatus.VALIDATING)
+        .values(**values)
+        .returning(Batch.id)
+        .execution_options(synchronize_session=False)
+    )
+    won = moved.first() is not None
+    await session.commit()
+    await session.refresh(batch)
+    return won
+
+
+async def start_batch(
+    session: AsyncSession, batch: Batch, runnable: int, estimated_cost_usd: Decimal | None
+) -> bool:
+    """Validation is done: `in_progress` if any line can run, else `failed` with
+    `no_valid_lines` (every line is in the error file). Commits; False if the batch left
+    `validating` meanwhile."""
+    now = utcnow()
+    if runnable:
+        return await _leave_validating(
+            session,
+            batch,
+            status=BatchStatus.IN_PROGRESS,
+            in_progress_at=now,
+            estimated_cost_usd=estimated_cost_usd,
+        )
+    return await fail_batch(session, batch, "no_valid_lines", "No line of the file can run.")
+
+
+async def fail_batch(session: AsyncSession, batch: Batch, code: str, message: str) -> bool:
+    """The file as a whole cannot run: the batch ends `failed` with OpenAI-shaped `errors`
+    (lines already stored, if any, end in its error file). False if it left `validating`."""
+    error = {"code": code, "message": message, "param": None, "line": None}
+    won = await _leave_validating(
+        session, batch, status=BatchStatus.FAILED, failed_at=utcnow(), errors=[error]
+    )
+    if won:
+        await cancel_lines(session, batch.id)  # none queued unless validation stopped midway
+        await session.commit()
+        await finalize_batch(session, batch.id)
+    return won
 
 
 async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
@@ -184,6 +140,7 @@ async def finalize_batch(session: AsyncSession, batch_id: str) -> bool:
         sa.update(Batch)
         .where(
             Batch.id == batch_id,
+            Batch.status != BatchStatus.VALIDATING,  # more lines may come
             sa.or_(Batch.finalizing_at.is_(None), Batch.status.in_(_FINALIZABLE)),
         )
         .values(finalizing_at=sa.func.coalesce(Batch.finalizing_at, now))

@@ -12,7 +12,7 @@ from typing import NoReturn
 import httpx
 from pydantic import ValidationError
 
-from promptq.client import ApiAnswerError
+from promptq.client import ApiAnswerError, BatchRefused
 from promptq.errors import ConfigError
 
 __all__ = ["debug_requested", "describe", "fail"]
@@ -77,6 +77,8 @@ def describe(exc: BaseException) -> str:
     """One line for the user about `exc`."""
     if isinstance(exc, ApiAnswerError):
         return _api_error(exc)
+    if isinstance(exc, BatchRefused):
+        return str(exc)
     if isinstance(exc, httpx.TransportError):
         return _unreachable(exc)
     if isinstance(exc, FileNotFoundError):

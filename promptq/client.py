@@ -9,7 +9,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-__all__ = ["TERMINAL_BATCH", "ApiAnswerError", "Client"]
+__all__ = ["TERMINAL_BATCH", "ApiAnswerError", "BatchRefused", "Client"]
 
 TERMINAL_BATCH = ("completed", "failed", "expired", "cancelled")
 
@@ -22,6 +22,17 @@ class ApiAnswerError(RuntimeError):
         self.status_code = status_code
         self.code = code
         self.message = message
+
+
+class BatchRefused(RuntimeError):
+    """A batch failed as a whole when its file was validated (its `errors`)."""
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        errors = (batch.get("errors") or {}).get("data") or [{}]
+        self.batch_id = str(batch["id"])
+        self.code = str(errors[0].get("code", "failed"))
+        self.message = str(errors[0].get("message", ""))
+        super().__init__(f"batch {self.batch_id} failed: {self.code}: {self.message}")
 
 
 class Client:
@@ -70,7 +81,7 @@ class Client:
         }
         if priority is not None:
             body["priority"] = priority
-        if max_cost_usd is not None:  # the server refuses a file estimated higher (402)
+        if max_cost_usd is not None:  # a file estimated higher fails (estimate_too_high)
             body["max_cost_usd"] = max_cost_usd
         return self._json(self._http.post("/v1/batches", json=body))
 
@@ -78,6 +89,17 @@ class Client:
         """A batch (batch_…) or a job (job_…)."""
         kind = "batches" if object_id.startswith("batch_") else "jobs"
         return self._json(self._http.get(f"/v1/{kind}/{object_id}"))
+
+    def validated(self, batch_id: str, interval: float = 0.2) -> dict[str, Any]:
+        """Poll a new batch until its lines are checked and stored (no longer `validating`);
+        raises BatchRefused if its file failed as a whole."""
+        while True:
+            batch = self.get(batch_id)
+            if batch["status"] == "failed" and batch.get("errors"):
+                raise BatchRefused(batch)
+            if batch["status"] != "validating":
+                return batch
+            time.sleep(interval)
 
     def wait(
         self, batch_id: str, on_progress: Callable[[dict[str, Any]], None], interval: float = 0.5

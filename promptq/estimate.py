@@ -4,21 +4,23 @@ share (a routed line counts every candidate it may escalate through)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncSession
-
 from promptq.catalog import Catalog, ModelEntry
 from promptq.files import parse_line
-from promptq.models import FileLine
 from promptq.tokens import count_prompt_tokens, max_completion_tokens
 
-__all__ = ["Estimate", "ModelEstimate", "estimate_file", "estimate_lines", "estimate_stored"]
+__all__ = [
+    "Estimate",
+    "ModelEstimate",
+    "estimate_file",
+    "estimate_lines",
+    "serving_entries",
+]
 
 
 @dataclass
@@ -63,7 +65,8 @@ class Estimate:
             self.cheapest_line_usd = line_cost
 
 
-def _entries(catalog: Catalog, model: str) -> list[ModelEntry] | None:
+def serving_entries(catalog: Catalog, model: str) -> list[ModelEntry] | None:
+    """The models a line naming `model` may run on and be charged for; None if unknown."""
     entry = catalog.get(model)
     if entry is not None:
         return [entry]
@@ -83,7 +86,7 @@ def estimate_lines(
     as invalid (they would fail without cost)."""
     estimate = Estimate()
     for model, body in lines:
-        entries = _entries(catalog, model) if model and body is not None else None
+        entries = serving_entries(catalog, model) if model and body is not None else None
         if entries is None or body is None or model is None:
             estimate.invalid_lines += 1
             continue
@@ -106,21 +109,3 @@ def estimate_file(
                     yield (model or parsed.model), body
 
     return estimate_lines(lines(), catalog, default)
-
-
-async def estimate_stored(
-    session: AsyncSession, file_id: str, catalog: Catalog, default: int
-) -> Estimate:
-    """Estimate the runnable lines of an uploaded input file."""
-
-    async def rows() -> AsyncIterator[tuple[str | None, dict[str, Any] | None]]:
-        stmt = (
-            sa.select(FileLine.model, FileLine.body)
-            .where(FileLine.file_id == file_id, FileLine.error_code.is_(None))
-            .execution_options(yield_per=2000)
-        )
-        async for model, body in await session.stream(stmt):
-            yield model, body
-
-    collected = [pair async for pair in rows()]
-    return estimate_lines(collected, catalog, default)

@@ -24,8 +24,11 @@ __all__ = [
     "PROVIDER_REQUESTS",
     "PURGED",
     "QUEUE_WAIT",
+    "SWEEPER_ACTIONS",
+    "SWEEPER_ACTION_NAMES",
     "TOKENS",
     "TTFT",
+    "WEBHOOK_DELIVERIES",
     "MetricsServer",
     "authorized",
     "render",
@@ -84,6 +87,33 @@ PREEMPTED_TOKENS = Counter(
     ["model"],
 )
 PURGED = Counter("promptq_purged_rows", "Rows removed by retention, per table.", ["table"])
+SWEEPER_ACTIONS = Counter(
+    "promptq_sweeper_actions",
+    "What the scheduler's sweeper did, by action: requeued (a lease expired with attempts "
+    "left), failed (a lease expired on the last attempt: max_attempts_exceeded), published "
+    "(queued jobs whose message was sent again), expired_batches, finalized_batches, "
+    "validations_resumed (batches left validating by their API, validated here).",
+    ["action"],
+)
+#: The sweeper's actions, each exported from the start (at 0) so a rate can be taken.
+SWEEPER_ACTION_NAMES = (
+    "requeued",
+    "failed",
+    "published",
+    "expired_batches",
+    "finalized_batches",
+    "validations_resumed",
+)
+for _action in SWEEPER_ACTION_NAMES:
+    SWEEPER_ACTIONS.labels(action=_action)
+WEBHOOK_DELIVERIES = Counter(
+    "promptq_webhook_deliveries",
+    "Webhook delivery attempts of the relay, by outcome: delivered, retry (failed, tried "
+    "again later) or failed (given up).",
+    ["outcome"],
+)
+for _outcome in ("delivered", "retry", "failed"):
+    WEBHOOK_DELIVERIES.labels(outcome=_outcome)
 
 
 def authorized(header: str | None, token: str | None) -> bool:

@@ -249,7 +249,9 @@ class File(Base):
 
 
 class FileLine(Base):
-    """One line of an uploaded JSONL file, parsed once at upload."""
+    """One line of an uploaded JSONL file: its text, stored at upload, parsed and checked
+    when a batch over it is validated. The parsed columns are only filled in files made
+    before that (they are read no more)."""
 
     __tablename__ = "file_lines"
 
@@ -294,6 +296,8 @@ class Batch(Base):
     budget_id: Mapped[str | None] = mapped_column(sa.String(40))
     estimated_cost_usd: Mapped[Decimal | None] = mapped_column(Money)
     cache_opt_out: Mapped[bool | None] = mapped_column(sa.Boolean)
+    # The client's limit on the estimate, checked once the lines are read (validation).
+    max_cost_usd: Mapped[Decimal | None] = mapped_column(Money)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -87,7 +87,10 @@ def show_batch(bar: Progress, task_id: Any, batch: dict[str, Any]) -> None:
 def follow(client: Client, batch: dict[str, Any], console: Console | None = None) -> dict[str, Any]:
     """Poll a batch to its end behind a progress bar; returns the final batch object."""
     err = console or Console(stderr=True)
-    err.print(f"{batch['id']}: {batch['request_counts']['total']} requests")
+    if batch["status"] == "validating":  # its lines are being checked; the count grows
+        err.print(f"{batch['id']}: validating its lines")
+    else:
+        err.print(f"{batch['id']}: {batch['request_counts']['total']} requests")
     with progress_bar(err) as bar:
         total = max(batch["request_counts"]["total"], 1)
         task_id = bar.add_task(batch["status"], total=total, failed="", cost="$0.0000")

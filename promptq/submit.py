@@ -45,6 +45,9 @@ def submit_file(
     try:
         file = client.upload(upload)
         batch = client.create_batch(file["id"], priority=priority, max_cost_usd=max_cost_usd)
+        # It answered `validating`: wait for its lines to be checked, so a file refused as
+        # a whole (estimate_too_high, no_valid_lines ...) is an error here.
+        batch = client.validated(batch["id"])
         if wait:
             batch = follow(client, batch)
         return batch

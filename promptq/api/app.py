@@ -19,6 +19,7 @@ from promptq.cluster_view import ClusterView
 from promptq.config import Settings, get_settings
 from promptq.db import Database
 from promptq.errors import InvalidRequest
+from promptq.scheduler.validation import Validation, Validator
 from promptq.workers.celery_app import make_celery
 
 __all__ = ["create_app"]
@@ -37,20 +38,24 @@ def create_app(settings: Settings | None = None, catalog: Catalog | None = None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database.from_settings(settings)
+        celery = make_celery(settings)
         state = AppState(
             settings=settings,
             catalog=catalog,
-            db=Database.from_settings(settings),
-            celery=make_celery(settings),
+            db=db,
+            celery=celery,
             redis=aioredis.Redis.from_url(
                 settings.redis_url, socket_connect_timeout=2, socket_timeout=2
             ),
+            validator=Validator(Validation.from_settings(settings, db, catalog, celery)),
         )
         app.state.promptq = state
         app.state.cluster_view = ClusterView(
             state.db, state.redis, catalog, settings.metrics_cache_seconds
         )
         yield
+        await state.validator.close()
         await state.redis.aclose()
         await state.db.dispose()
 

@@ -1,6 +1,6 @@
 """What the API checks about money before it stores work: the model (or router) a request
-names, whether the key's budget can pay for it (402 `budget_exceeded`), and a batch's
-estimate against the client's `max_cost_usd` (402 `estimate_too_high`)."""
+names, and whether the key's budget can pay for it (402 `budget_exceeded`; for a batch,
+whether anything is left: its estimate is checked after the request answered)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from promptq.budgets import budget_for_key, check_affordable, max_cost
 from promptq.catalog import Catalog, ModelEntry
 from promptq.config import Settings
-from promptq.errors import ApiError
-from promptq.estimate import Estimate, estimate_stored
 from promptq.models import ApiKey, Budget
 from promptq.router import plan_route
 
@@ -36,12 +34,16 @@ def serving_entry(
     return route.first, chain
 
 
+#: The least a line can cost that is not free (Money's scale): a budget with less left is
+#: exhausted.
+_LEAST = Decimal("1e-10")
+
+
 @dataclass(frozen=True)
 class Admitted:
-    """The budget the work spends from (None: no budget), and a batch's estimate."""
+    """The budget the work spends from (None: no budget)."""
 
     budget: Budget | None
-    estimate: Estimate | None = None
 
     @property
     def budget_id(self) -> str | None:
@@ -62,25 +64,10 @@ async def admit_job(
     return Admitted(budget)
 
 
-async def admit_batch(
-    session: AsyncSession,
-    key: ApiKey,
-    file_id: str,
-    catalog: Catalog,
-    settings: Settings,
-    max_cost_usd: float | None,
-) -> Admitted:
-    """Estimate the file; 402 if it is over `max_cost_usd`, or if the key's budget cannot
-    pay for even its cheapest line."""
-    estimate = await estimate_stored(session, file_id, catalog, settings.default_completion_tokens)
-    if max_cost_usd is not None and estimate.max_cost_usd > Decimal(str(max_cost_usd)):
-        raise ApiError(
-            "estimate_too_high",
-            f"The batch may cost up to {estimate.max_cost_usd:.6f} USD, more than "
-            f"max_cost_usd {max_cost_usd}.",
-            402,
-        )
+async def admit_batch(session: AsyncSession, key: ApiKey) -> Admitted:
+    """402 if the key's budget has nothing left. A batch's estimate is checked against its
+    `max_cost_usd` and the budget once its lines are read (promptq.scheduler.validation):
+    the request answers before that."""
     budget = await budget_for_key(session, key)
-    if estimate.cheapest_line_usd is not None:
-        check_affordable(budget, estimate.cheapest_line_usd)
-    return Admitted(budget, estimate)
+    check_affordable(budget, _LEAST)
+    return Admitted(budget)

@@ -21,6 +21,7 @@ from promptq.errors import NotFound, Unauthorized
 from promptq.idempotency import MAX_KEY_LENGTH, Handler, Idempotency, check_key
 from promptq.keys import find_key
 from promptq.models import ApiKey
+from promptq.scheduler.validation import Validator
 
 __all__ = [
     "AppState",
@@ -43,6 +44,8 @@ class AppState:
     db: Database
     celery: Celery
     redis: aioredis.Redis
+    #: Validates new batches after `POST /v1/batches` answered.
+    validator: Validator
 
 
 def _state(request: Request) -> AppState:

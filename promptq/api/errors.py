@@ -48,8 +48,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, description in {
         400: "The request is malformed, or names a model, file or value promptq refuses.",
         401: "The API key is missing or invalid.",
-        402: "The key's budget cannot pay for this (budget_exceeded), or the batch's estimate "
-        "is over its max_cost_usd (estimate_too_high).",
+        402: "The key's budget cannot pay for this (budget_exceeded).",
         403: "This needs an admin key.",
         404: "No such object, or another tenant's.",
         409: "The object's state forbids this, or a request with this Idempotency-Key is "

@@ -113,7 +113,8 @@ class BatchCreate(_Input):
     max_cost_usd: float | None = Field(
         default=None,
         ge=0,
-        description="Refuse the batch (402 estimate_too_high) if its estimate is higher.",
+        description="Fail the batch (errors: estimate_too_high) if its estimate is higher; "
+        "checked once its lines are read, before any runs.",
     )
 
 

@@ -11,7 +11,6 @@ from promptq.jobs.transitions import (
     cancel_lines,
     claim,
     expire_lines,
-    insert_lines,
     mark_enqueued,
     note_waiting,
     record_failure,
@@ -22,6 +21,7 @@ from promptq.jobs.transitions import (
     requeue_expired,
     resend,
     retry,
+    store_lines,
     submit,
 )
 
@@ -37,7 +37,6 @@ __all__ = [
     "cancel_lines",
     "claim",
     "expire_lines",
-    "insert_lines",
     "mark_enqueued",
     "note_waiting",
     "record_failure",
@@ -48,5 +47,6 @@ __all__ = [
     "requeue_expired",
     "resend",
     "retry",
+    "store_lines",
     "submit",
 ]

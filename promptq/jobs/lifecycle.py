@@ -64,7 +64,13 @@ class Transition:
 
 
 SUBMIT = Transition("submit", (), Q, why="POST /v1/jobs stores a native job")
-CREATE_LINE = Transition("create_line", (), Q, why="a valid batch line becomes a job")
+CREATE_LINE = Transition(
+    "create_line",
+    (),
+    Q,
+    why="a valid batch line becomes a job, already marked enqueued; its page's messages "
+    "are sent after the commit",
+)
 REFUSE_LINE = Transition(
     "refuse_line", (), JobStatus.FAILED, why="a batch line that cannot run ends at once"
 )

@@ -10,7 +10,7 @@ new rows, delivery, the worker's attempt, the sweeper, cancel and expiry."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
 from promptq.budgets import settle_ended
+from promptq.bulk_copy import copy_rows
 from promptq.jobs.attempt import ClaimedJob, Finished, JobFailure, JobOutcome
 from promptq.jobs.events import emit_job_events
 from promptq.jobs.grouped import Guarded, run_guarded
@@ -52,7 +53,6 @@ __all__ = [
     "cancel_lines",
     "claim",
     "expire_lines",
-    "insert_lines",
     "mark_enqueued",
     "note_waiting",
     "record_failure",
@@ -63,6 +63,7 @@ __all__ = [
     "requeue_expired",
     "resend",
     "retry",
+    "store_lines",
     "submit",
 ]
 
@@ -101,15 +102,17 @@ def submit(session: AsyncSession, job: Job) -> Job:
     return job
 
 
-async def insert_lines(
-    session: AsyncSession, select: sa.Select[Any], columns: Sequence[str], *, refused: bool
-) -> None:
-    """CREATE_LINE / REFUSE_LINE: insert batch lines as jobs from `select` (rows of
-    `columns`, without status): queued, or failed at once with their line's error."""
-    target = (REFUSE_LINE if refused else CREATE_LINE).target
-    status = sa.literal(target.value, type_=_JOBS.c.status.type).label("status")
-    stmt = sa.insert(_JOBS).from_select([*columns, "status"], select.add_columns(status))
-    await session.execute(stmt)
+async def store_lines(
+    session: AsyncSession,
+    columns: Sequence[str],
+    rows: Iterable[tuple[bool, Sequence[Any]]],
+) -> int:
+    """CREATE_LINE / REFUSE_LINE: store batch lines as jobs in bulk (`COPY` on Postgres),
+    from (refused, values of `columns` without status) rows: queued, or failed at once with
+    their line's error. Returns how many."""
+    statuses = {False: CREATE_LINE.target.value, True: REFUSE_LINE.target.value}
+    values = ((*row, statuses[refused]) for refused, row in rows)
+    return await copy_rows(session, _JOBS, [*columns, "status"], values)
 
 
 # -- delivery -------------------------------------------------------------------------------

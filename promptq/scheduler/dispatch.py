@@ -16,7 +16,7 @@ from promptq.jobs import mark_enqueued, resend
 from promptq.models import Job, JobStatus
 from promptq.queues import delivery_queue, queue_step, runs_alone
 
-__all__ = ["dispatch_queued", "publish", "publish_jobs"]
+__all__ = ["dispatch_queued", "publish", "publish_jobs", "publish_marked"]
 
 log = structlog.get_logger(__name__)
 
@@ -83,6 +83,28 @@ async def dispatch_queued(
     return len(sent)
 
 
+async def publish_marked(
+    session: AsyncSession,
+    app: Celery,
+    rows: Sequence[tuple[str, str, int, bool]],
+    chunk_size: int,
+) -> int:
+    """Publish (job id, queue, step, alone) rows of jobs stored already marked enqueued,
+    from memory: no query on success. If the broker is down they are unmarked, and the
+    sweeper sends them later. Returns how many were sent."""
+    if not rows:
+        return 0
+    try:
+        sent = await asyncio.to_thread(publish, app, rows, chunk_size)
+    except Exception as exc:  # the broker is down; Postgres still holds every job
+        log.warning("dispatch.broker_unavailable", jobs=len(rows), error=str(exc))
+        await resend(session, [row[0] for row in rows])
+        return 0
+    if chunk_size > 1:  # a page of batch lines; not every interactive job
+        log.info("dispatch.published", jobs=len(sent))
+    return len(sent)
+
+
 async def publish_jobs(session: AsyncSession, app: Celery, jobs: Sequence[Job]) -> int:
     """Publish jobs just stored already marked enqueued (promptq.jobs.submit), from what is
     in memory: no query on success. If the broker is down they are unmarked, and the
@@ -91,10 +113,4 @@ async def publish_jobs(session: AsyncSession, app: Celery, jobs: Sequence[Job]) 
         (job.id, job.queue or "", queue_step(job.priority, interactive=job.batch_id is None), False)
         for job in jobs
     ]
-    try:
-        sent = await asyncio.to_thread(publish, app, rows, 1)
-    except Exception as exc:  # the broker is down; Postgres still holds every job
-        log.warning("dispatch.broker_unavailable", jobs=len(rows), error=str(exc))
-        await resend(session, [job.id for job in jobs])
-        return 0
-    return len(sent)
+    return await publish_marked(session, app, rows, 1)

@@ -24,6 +24,7 @@ from promptq.config import Settings
 from promptq.db import Database
 from promptq.errors import RetryableError
 from promptq.keys import tenant_webhook_secrets
+from promptq.metrics import WEBHOOK_DELIVERIES
 from promptq.models import WebhookEvent, WebhookStatus, utcnow
 from promptq.webhooks import (
     AllowList,
@@ -239,6 +240,10 @@ class Relay:
             )
             await session.commit()
         _log_outcome(outcome, values)
+        if error is None:
+            WEBHOOK_DELIVERIES.labels(outcome="delivered").inc()
+        else:
+            WEBHOOK_DELIVERIES.labels(outcome="failed" if "status" in values else "retry").inc()
 
 
 def _log_outcome(outcome: Outcome, values: dict[str, Any]) -> None:

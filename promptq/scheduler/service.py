@@ -8,6 +8,7 @@ import asyncio
 import redis.asyncio as aioredis
 import structlog
 
+from promptq.catalog import load_catalog
 from promptq.config import Settings
 from promptq.db import Database
 from promptq.retention import run_retention
@@ -24,7 +25,8 @@ async def run_scheduler(settings: Settings) -> None:
     """Sweep, relay webhooks and purge old rows until cancelled (SIGINT/SIGTERM end the process)."""
     db = Database.from_settings(settings, pool_size=4)
     redis = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
-    sweeper = Sweeper(settings, db, make_celery(settings), redis)
+    catalog = load_catalog(settings.models_file)
+    sweeper = Sweeper(settings, db, make_celery(settings), redis, catalog)
     relay = Relay(settings, db)
     log.info("scheduler.started", interval=settings.sweep_interval_seconds)
     try:

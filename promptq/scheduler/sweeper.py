@@ -2,8 +2,9 @@
 
 It re-queues jobs whose lease expired (a dead worker), fails those out of attempts (a
 poison prompt cannot loop forever), re-sends queued jobs whose message was never sent or
-was lost (Redis restarted or flushed), expires batches past their window and finalizes
-batches whose jobs are all done."""
+was lost (Redis restarted or flushed), validates batches left `validating` (their API
+restarted), expires batches past their window and finalizes batches whose jobs are all
+done."""
 
 from __future__ import annotations
 
@@ -17,17 +18,25 @@ import structlog
 from celery import Celery
 
 from promptq.batches import expire_batch, finalize_batch
+from promptq.catalog import Catalog
 from promptq.config import Settings
 from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
 from promptq.jobs import requeue_expired, resend
+from promptq.metrics import SWEEPER_ACTIONS
 from promptq.models import Batch, BatchStatus, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
+from promptq.scheduler.validation import Validation, Validator
 
 __all__ = ["SweepReport", "Sweeper"]
 
 log = structlog.get_logger(__name__)
+
+#: The report's counts exported as promptq_sweeper_actions_total{action}.
+SWEPT = ("requeued", "failed", "published", "expired_batches", "finalized_batches")
+#: How long the API that made a batch has to start validating it before the sweeper does.
+_VALIDATION_GRACE_SECONDS = 10
 
 
 @dataclass
@@ -47,12 +56,21 @@ class Sweeper:
     """One reconciler; run `sweep()` periodically (several sweepers may run at once)."""
 
     def __init__(
-        self, settings: Settings, db: Database, celery: Celery, redis: aioredis.Redis
+        self,
+        settings: Settings,
+        db: Database,
+        celery: Celery,
+        redis: aioredis.Redis,
+        catalog: Catalog,
     ) -> None:
         self.settings = settings
         self.db = db
         self.celery = celery
         self.redis = redis
+        self.validator = Validator(
+            Validation.from_settings(settings, db, catalog, celery),
+            on_validated=SWEEPER_ACTIONS.labels(action="validations_resumed").inc,
+        )
 
     async def run_forever(self) -> None:
         """Sweep every `sweep_interval_seconds` until cancelled."""
@@ -72,6 +90,9 @@ class Sweeper:
         await self._broker_epoch(report)
         await self._deliver(report)
         await self._batches(report)
+        await self._validating()
+        for action in SWEPT:
+            SWEEPER_ACTIONS.labels(action=action).inc(getattr(report, action))
         return report
 
     async def _expired_leases(self, report: SweepReport) -> None:
@@ -98,6 +119,22 @@ class Sweeper:
             report.published = await dispatch_queued(
                 session, self.celery, self.settings.chunk_size, where, limit=20_000
             )
+
+    async def _validating(self) -> None:
+        # A batch still validating a while after it was made: its API process may have
+        # died. Validate it here, in the background (the lock makes this a no-op while the
+        # API still works on it).
+        cutoff = utcnow() - timedelta(seconds=_VALIDATION_GRACE_SECONDS)
+        async with self.db.session() as session:
+            ids = (
+                await session.scalars(
+                    sa.select(Batch.id).where(
+                        Batch.status == BatchStatus.VALIDATING, Batch.created_at < cutoff
+                    )
+                )
+            ).all()
+        for batch_id in ids:
+            self.validator.start(batch_id)
 
     async def _batches(self, report: SweepReport) -> None:
         now = utcnow()

@@ -87,5 +87,17 @@ def upload_and_run(client: httpx.Client, path: Path, **extra: Any) -> dict[str, 
         },
     )
     assert created.status_code == 200, created.text
-    batch: dict[str, Any] = created.json()
+    assert created.json()["status"] == "validating"  # its lines are checked after the answer
+    return wait_validated(client, created.json()["id"])
+
+
+def wait_validated(client: httpx.Client, batch_id: str, timeout: float = 60) -> dict[str, Any]:
+    """The batch once its lines are stored as jobs (no longer `validating`)."""
+    batch: dict[str, Any] = poll_until(
+        lambda: client.get(f"/v1/batches/{batch_id}").json(),
+        lambda b: b["status"] != "validating",
+        timeout,
+        f"batch {batch_id} validated",
+        interval=0.05,
+    )
     return batch

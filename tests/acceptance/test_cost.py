@@ -194,7 +194,8 @@ def test_a_budget_is_never_exceeded_and_then_refuses_with_402(
         assert usage["by_model"][0]["model"] == "metered"
         assert usage["by_model"][0]["requests"] == counts["completed"]
 
-        # And the next job, and the next batch, are refused with 402 budget_exceeded
+        # And the next job is refused with 402 budget_exceeded, and the next batch fails
+        # with it once its lines are read (the cheapest does not fit)
         refused = client.post(
             "/v1/jobs", json={"model": "metered", **_ask("one more", max_tokens=16)}
         )
@@ -205,14 +206,21 @@ def test_a_budget_is_never_exceeded_and_then_refuses_with_402(
             file_id = client.post(
                 "/v1/files", files={"file": ("m.jsonl", fh)}, data={"purpose": "batch"}
             ).json()["id"]
-        again = client.post(
-            "/v1/batches",
-            json={"input_file_id": file_id, "endpoint": "/v1/chat/completions"},
-        )
-        assert again.status_code == 402 and again.json()["error"]["code"] == "budget_exceeded"
+        batch_body = {"input_file_id": file_id, "endpoint": "/v1/chat/completions"}
+        again = client.post("/v1/batches", json=batch_body)
+        assert again.status_code == 200 and again.json()["status"] == "validating"
+        failed = wait_batch(client, again.json()["id"])
+        assert failed["status"] == "failed" and failed["request_counts"]["total"] == 0
+        assert [e["code"] for e in failed["errors"]["data"]] == ["budget_exceeded"]
 
         # And a self-hosted model priced at zero still runs
         assert _job(client, model="self-hosted", **_ask("free"))["status"] == "succeeded"
+
+        # And once the budget has nothing left, a batch is refused at once with 402
+        deployment.cli("keys", "budget", key_id, "--budget-usd", str(spent / 2))
+        exhausted = client.post("/v1/batches", json=batch_body)
+        assert exhausted.status_code == 402, exhausted.text
+        assert exhausted.json()["error"]["code"] == "budget_exceeded"
 
         # And after the budget is raised, the retry endpoint re-runs the refused lines
         deployment.cli("keys", "budget", key_id, "--budget-usd", str(budget * 4))
@@ -341,7 +349,11 @@ def test_estimate_and_max_cost(deployment: Deployment, tmp_path: Path) -> None:
                 "max_cost_usd": estimate / 2,
             },
         )
-        assert capped.status_code == 402 and capped.json()["error"]["code"] == "estimate_too_high"
+        assert capped.status_code == 200, capped.text
+        refused_batch = wait_batch(client, capped.json()["id"])
+        assert refused_batch["status"] == "failed"
+        assert refused_batch["request_counts"]["total"] == 0  # nothing ran
+        assert [e["code"] for e in refused_batch["errors"]["data"]] == ["estimate_too_high"]
     refused = deployment.cli(
         "submit",
         str(path),

@@ -198,3 +198,20 @@ def test_the_scheduler_serves_its_metrics(measured: Measured) -> None:
     text = httpx.get(measured.scheduler_metrics, timeout=10).text
     # Then retention's counter is declared there
     assert "# TYPE promptq_purged_rows_total counter" in text
+    # And the sweeper's counts: nothing died, so no lease was requeued or failed, and no
+    # batch expired; the batch was finalized once, by the worker or the sweeper
+    samples = scrape(measured.scheduler_metrics, token=None)
+    actions = {
+        dict(labels)["action"]: n
+        for labels, n in family(samples, "promptq_sweeper_actions_total").items()
+    }
+    assert actions["requeued"] == actions["failed"] == actions["expired_batches"] == 0
+    assert actions["finalized_batches"] in (0, 1)
+    assert set(actions) >= {"published", "validations_resumed"}
+    # And the relay's deliveries (none: the batch has no webhook)
+    deliveries = family(samples, "promptq_webhook_deliveries_total")
+    assert {dict(labels)["outcome"]: n for labels, n in deliveries.items()} == {
+        "delivered": 0,
+        "retry": 0,
+        "failed": 0,
+    }

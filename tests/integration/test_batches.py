@@ -18,6 +18,7 @@ from promptq.files import store_upload
 from promptq.ids import new_id
 from promptq.jobs import claim, record_failure, record_success
 from promptq.models import Batch, BatchStatus, utcnow
+from promptq.scheduler.validation import Validation, validate_batch
 from promptq.views import summarize, summarize_many
 from tests.factories import OUTCOME, get_job
 
@@ -54,7 +55,20 @@ async def _batch(db: Database, catalog: Catalog, *lines: bytes) -> Batch:
             created_at=now,
             expires_at=now + timedelta(hours=24),
         )
-        return await create_batch(session, catalog, batch, max_attempts=3)
+        batch = await create_batch(session, batch)
+    assert await validate_batch(_validation(db, catalog), batch.id)
+    return await _reload(db, batch.id)
+
+
+def _validation(db: Database, catalog: Catalog) -> Validation:
+    return Validation(db, catalog, None, 32, 3, 100)
+
+
+async def _reload(db: Database, batch_id: str) -> Batch:
+    async with db.session() as session:
+        batch = await session.get(Batch, batch_id)
+        assert batch is not None
+        return batch
 
 
 def _job_id(batch: Batch, line_no: int) -> str:

@@ -8,6 +8,7 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
+from promptq.catalog import Catalog
 from promptq.db import Database
 from promptq.jobs import cancel, claim, record_failure, record_success, renew, retry
 from promptq.models import Job, JobStatus, UsageRecord, WebhookEvent, utcnow
@@ -86,6 +87,15 @@ async def test_a_retry_counts_as_an_attempt_under_the_same_lease(db: Database) -
     assert (await get_job(db)).attempts == 2
 
 
+def _sweeper_counts() -> dict[str, float]:
+    from prometheus_client import REGISTRY
+
+    from promptq.metrics import SWEEPER_ACTION_NAMES
+
+    name = "promptq_sweeper_actions_total"
+    return {a: REGISTRY.get_sample_value(name, {"action": a}) or 0.0 for a in SWEEPER_ACTION_NAMES}
+
+
 async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
     db: Database, integration_pg_url: str, env: dict[str, str]
 ) -> None:
@@ -104,9 +114,22 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
         await session.commit()
     settings = Settings(database_url=integration_pg_url, redis_url=env["PROMPTQ_REDIS_URL"])
     redis = aioredis.Redis.from_url(settings.redis_url)
+    before = _sweeper_counts()
     # When the sweeper runs
-    report = await Sweeper(settings, db, make_celery(settings), redis).sweep()
+    report = await Sweeper(settings, db, make_celery(settings), redis, Catalog({})).sweep()
     await redis.aclose()
+    # Then its /metrics counters went up by what it did
+    after = _sweeper_counts()
+    moved = {action: after[action] - before[action] for action in after}
+    assert moved == {
+        "requeued": 1,
+        "failed": 1,
+        "published": report.published,
+        "expired_batches": 0,
+        "finalized_batches": 0,
+        "validations_resumed": 0,
+    }
+    assert report.published >= 1  # job_a went out again
     # Then the first is queued again (and re-sent), the second failed for good
     a, b = await get_job(db, "job_a"), await get_job(db, "job_b")
     assert (report.requeued, report.failed) == (1, 1)

@@ -11,6 +11,7 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import REGISTRY
 from standardwebhooks import Webhook
 
 from promptq.batches import finalize_batch
@@ -190,7 +191,14 @@ async def test_an_internal_url_is_refused_at_delivery_time(pg: Database) -> None
     assert outcome.refused and event.attempts == 1
 
 
+def _deliveries() -> dict[str, float]:
+    name = "promptq_webhook_deliveries_total"
+    outcomes = ("delivered", "retry", "failed")
+    return {o: REGISTRY.get_sample_value(name, {"outcome": o}) or 0.0 for o in outcomes}
+
+
 async def test_a_failing_receiver_gets_max_attempts_then_the_event_fails(pg: Database) -> None:
+    before = _deliveries()
     with receiver(fail_first=100) as hooks:
         await _add_events(pg, f"{hooks.url}/down", 1)
         relay = Relay(_settings(webhook_max_attempts=3), pg)
@@ -198,6 +206,9 @@ async def test_a_failing_receiver_gets_max_attempts_then_the_event_fails(pg: Dat
             await relay.relay_once()
         await relay.client.aclose()
         seen = hooks.for_path("/down")
+    # The relay's /metrics counted two retries, then the failure
+    after = _deliveries()
+    assert {k: after[k] - before[k] for k in after} == {"delivered": 0, "retry": 2, "failed": 1}
     (event,) = await _events(pg)
     assert (event.status, event.attempts, event.last_error) == (
         WebhookStatus.FAILED,

@@ -8,6 +8,8 @@ import tracemalloc
 
 import pytest
 
+from promptq.batch_input import maybe_unstorable
+from promptq.errors import InvalidRequest
 from promptq.files import parse_line, read_lines
 
 
@@ -131,9 +133,49 @@ def test_an_over_long_line_fails_alone_and_is_never_held_whole() -> None:
     lines = list(read_lines(stream, max_lines=10, max_line_bytes=1 << 20))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
-    # Then the long line fails as line_too_long with its custom_id, the others are intact
-    codes = [(no, parsed.custom_id, parsed.error_code) for no, parsed, _ in lines]
-    assert codes == [(1, "a", None), (2, "big", "line_too_long"), (3, "b", None)]
-    assert len(lines[1][1].raw) <= 1001
+    # Then the long line fails as line_too_long with its custom_id, the others are kept
+    # whole, to be parsed when a batch is validated
+    codes = [(line.line_no, line.custom_id, line.error_code) for line in lines]
+    assert codes == [(1, None, None), (2, "big", "line_too_long"), (3, None, None)]
+    assert lines[0].raw == _line(custom_id="a")
+    assert len(lines[1].raw) <= 1001
     # And reading it cost a small multiple of the line limit, not of the line
     assert peak < 8 * (1 << 20), peak
+
+
+def test_upload_parses_lines_only_until_one_is_json() -> None:
+    # Given a file whose first line is not JSON, then two lines that are
+    data = b"\n".join([b"{oops", _line(custom_id="a").encode(), b"[1]", b"", b"   "])
+    # When it is read for storage
+    lines = list(read_lines(io.BytesIO(data), max_lines=10, max_line_bytes=1 << 20))
+    # Then blank lines are dropped, and JSON is looked for until it is found, then no more
+    assert [(line.line_no, line.is_json) for line in lines] == [(1, False), (2, True), (3, None)]
+
+
+def test_a_file_past_its_line_limit_is_refused() -> None:
+    data = b"\n".join(_line(custom_id=str(i)).encode() for i in range(3))
+    with pytest.raises(InvalidRequest) as refused:
+        list(read_lines(io.BytesIO(data), max_lines=2, max_line_bytes=1 << 20))
+    assert (refused.value.code, refused.value.http_status) == ("too_many_lines", 413)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _with_body(x=1e308).replace("1e+308", "1e999"),  # a float too large: infinity
+        _with_body(x=1.0).replace("1.0", "1" + "0" * 400 + ".0"),  # likewise, no exponent
+        _with_body(x=float("-inf")),
+        _line(custom_id="a\udc00"),
+        _line(custom_id="a\udc00").replace("\\udc00", "\\uDC00"),
+        _with_body(x=_nested(70)),
+    ],
+)
+def test_the_cheap_look_never_misses_what_cannot_be_stored(raw: str) -> None:
+    # Given a line whose value cannot be stored, in the forms JSON text allows
+    # Then the look at its text sends it to the full walk, and it fails
+    assert maybe_unstorable(raw)
+    assert parse_line(raw)[0].error_code == "invalid_request"
+
+
+def test_an_ordinary_line_skips_the_walk() -> None:
+    assert not maybe_unstorable(_with_body(temperature=0.5, metadata={"k": "v"}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from typing import Annotated
 
 import sqlalchemy as sa
@@ -27,9 +28,8 @@ from promptq.catalog import Catalog
 from promptq.errors import InvalidRequest
 from promptq.files import SUPPORTED_URLS
 from promptq.ids import new_id
-from promptq.models import ApiKey, Batch, File, FilePurpose, Job, utcnow
-from promptq.scheduler.dispatch import dispatch_queued
-from promptq.views import summarize, summarize_many
+from promptq.models import ApiKey, Batch, File, FilePurpose, utcnow
+from promptq.views import BatchSummary, summarize, summarize_many
 from promptq.webhooks import check_webhook_url
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
@@ -55,7 +55,9 @@ async def create_batch_route(
     state: StateDep,
     idempotency: IdempotencyDep,
 ) -> JSONResponse:
-    """Start a batch over an uploaded file; its lines run at once, in priority order."""
+    """Start a batch over an uploaded file. It answers `validating` at once; the file's
+    lines are then checked and queued (in priority order), and the batch goes `in_progress`,
+    or `failed` with `errors` when no line can run or the whole file is refused."""
     return await idempotency.respond(
         body.model_dump(mode="json", exclude_unset=True),
         lambda: _start(body, key, session, catalog, state),
@@ -73,7 +75,7 @@ async def _start(
     file = owned(await session.get(File, body.input_file_id), key, "file", body.input_file_id)
     if file.purpose != FilePurpose.BATCH:
         raise InvalidRequest("invalid_file", "input_file_id must name a file of purpose 'batch'.")
-    admitted = await admit_batch(session, key, file.id, catalog, state.settings, body.max_cost_usd)
+    admitted = await admit_batch(session, key)
     now = utcnow()
     batch = Batch(
         id=new_id("batch_"),
@@ -88,14 +90,12 @@ async def _start(
         expires_at=now + window,
         api_key_id=key.id,
         budget_id=admitted.budget_id,
-        estimated_cost_usd=admitted.estimate.max_cost_usd if admitted.estimate else None,
+        max_cost_usd=None if body.max_cost_usd is None else Decimal(str(body.max_cost_usd)),
         cache_opt_out=body.cache is False,
     )
-    batch = await create_batch(session, catalog, batch, state.settings.max_attempts)
-    await dispatch_queued(
-        session, state.celery, state.settings.chunk_size, Job.batch_id == batch.id
-    )
-    return batch_out(batch, await summarize(session, batch.id))
+    batch = await create_batch(session, batch)
+    state.validator.start(batch.id)  # reads, checks and queues its lines after answering
+    return batch_out(batch, BatchSummary.empty())
 
 
 @router.get("/{batch_id}", operation_id="get_batch")
@@ -166,8 +166,6 @@ async def _retry(
     batch_id: str, key: ApiKey, session: AsyncSession, catalog: Catalog, state: AppState
 ) -> BatchOut:
     source = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
-    batch = await retry_batch(session, catalog, source, state.settings.max_attempts)
-    await dispatch_queued(
-        session, state.celery, state.settings.chunk_size, Job.batch_id == batch.id
-    )
-    return batch_out(batch, await summarize(session, batch.id))
+    batch = await retry_batch(session, source)
+    state.validator.start(batch.id)
+    return batch_out(batch, BatchSummary.empty())

@@ -41,7 +41,8 @@ async def create_file(
     state: StateDep,
     idempotency: IdempotencyDep,
 ) -> JSONResponse:
-    """Upload a JSONL batch input; each line is checked now, bad lines fail alone later.
+    """Upload a JSONL batch input, stored as its lines' text (400 if no line is JSON); each
+    line is parsed and checked when a batch is validated, and a bad one fails alone.
     At most `tenant_max_uploads` per tenant are parsed at once (429 beyond)."""
     content = None
     if idempotency.key is not None:  # the upload is spooled to disk: hash it from there
