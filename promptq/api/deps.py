@@ -4,7 +4,7 @@ request's Idempotency-Key."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Annotated, Any
 
@@ -14,6 +14,7 @@ from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from promptq.api.batch_counts import BatchCounts
 from promptq.catalog import Catalog
 from promptq.config import Settings
 from promptq.db import Database
@@ -46,6 +47,8 @@ class AppState:
     redis: aioredis.Redis
     #: Validates new batches after `POST /v1/batches` answered.
     validator: Validator
+    #: Running batches' counts, reused briefly when counting is slow.
+    batch_counts: BatchCounts = field(default_factory=BatchCounts)
 
 
 def _state(request: Request) -> AppState:

@@ -99,10 +99,13 @@ async def _start(
 
 
 @router.get("/{batch_id}", operation_id="get_batch")
-async def get_batch(batch_id: str, key: CurrentKey, session: SessionDep) -> BatchOut:
-    """A batch, with request counts and usage derived from its jobs."""
+async def get_batch(
+    batch_id: str, key: CurrentKey, session: SessionDep, state: StateDep
+) -> BatchOut:
+    """A batch, with request counts and usage derived from its jobs (while a very large
+    batch runs, counted at most every few seconds: promptq/api/batch_counts.py)."""
     batch = owned(await session.get(Batch, batch_id), key, "batch", batch_id)
-    return batch_out(batch, await summarize(session, batch.id))
+    return batch_out(batch, await state.batch_counts.summary(session, batch))
 
 
 @router.get("", operation_id="list_batches")
