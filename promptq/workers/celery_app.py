@@ -28,6 +28,12 @@ def make_celery(settings: Settings) -> Celery:
             "queue_order_strategy": "priority",
             # Longer than any lease: the sweeper, not Redis, recovers running jobs.
             "visibility_timeout": settings.visibility_timeout,
+            # A message a dead worker had taken (not yet acked) goes back to its queue once
+            # the visibility timeout has passed, at the next scan of the unacked index.
+            # kombu scans every interval x throttle seconds (10 x 10 by default: up to 100 s
+            # late); every 5 s here, one ZRANGE per worker.
+            "unacked_restore_interval": 5,
+            "unacked_restore_throttle": 1,
         },
         # A submission must not hang on a broker that is down: the job is already stored
         # and the sweeper sends it once Redis is back.
