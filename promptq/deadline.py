@@ -1,7 +1,11 @@
 """A native job's optional deadline: `deadline` (an RFC 3339 time) or `timeout_seconds`
-(from submission) on POST /v1/jobs. Past it the job is not sent to its provider: waiting
-for capacity, a 429 or an open circuit ends there, and the job ends `expired` with
-`deadline_exceeded` (a batch line's deadline is its batch's expiry: `batch_expired`)."""
+(from submission) on POST /v1/jobs, and how every part of promptq enforces it. Past it the
+job is not sent to its provider or engine: a queued job is expired by the sweeper (or by
+the worker that takes its message), and waiting for capacity, a 429, an open circuit or
+an engine slot ends there, with `deadline_exceeded` (a batch line's deadline is its
+batch's expiry: `batch_expired`). A call already sent, or an engine request already
+generating, finishes and keeps its result. A claimed job's deadline, as the workers
+enforce it, is promptq.jobs.Deadline."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ TOKENS = Counter(
 COST = Counter("promptq_cost_usd", "Cost in USD of finished jobs.", ["model"])
 JOBS_FINISHED = Counter(
     "promptq_jobs_finished",
-    "Jobs this process finished, by outcome (succeeded, failed) and error code.",
+    "Jobs this process finished, by outcome (succeeded, failed, expired) and error code.",
     ["model", "outcome", "code"],
 )
 JOB_DURATION = Histogram(
@@ -91,7 +91,8 @@ SWEEPER_ACTIONS = Counter(
     "promptq_sweeper_actions",
     "What the scheduler's sweeper did, by action: requeued (a lease expired with attempts "
     "left), failed (a lease expired on the last attempt: max_attempts_exceeded), published "
-    "(queued jobs whose message was sent again), expired_batches, finalized_batches, "
+    "(queued jobs whose message was sent again), expired_jobs (queued native jobs past "
+    "their deadline), expired_batches, finalized_batches, "
     "validations_resumed (batches left validating by their API, validated here).",
     ["action"],
 )
@@ -100,6 +101,7 @@ SWEEPER_ACTION_NAMES = (
     "requeued",
     "failed",
     "published",
+    "expired_jobs",
     "expired_batches",
     "finalized_batches",
     "validations_resumed",

@@ -311,6 +311,10 @@ class Batch(Base):
     __table_args__ = (sa.Index("ix_batches_status", "status"),)
 
 
+#: The rows of ix_jobs_queued_deadline_at.
+_QUEUED_WITH_DEADLINE = "status = 'queued' AND deadline_at IS NOT NULL"
+
+
 class Job(Base):
     """One prompt: a native job or one line of a batch. Every state change is a guarded UPDATE."""
 
@@ -380,6 +384,14 @@ class Job(Base):
             "finished_at",
             postgresql_where=sa.text("batch_id IS NULL"),
             sqlite_where=sa.text("batch_id IS NULL"),
+        ),
+        # The sweeper finds queued native jobs past their deadline (a few rows, however
+        # many batch lines are queued).
+        sa.Index(
+            "ix_jobs_queued_deadline_at",
+            "deadline_at",
+            postgresql_where=sa.text(_QUEUED_WITH_DEADLINE),
+            sqlite_where=sa.text(_QUEUED_WITH_DEADLINE),
         ),
     )
 

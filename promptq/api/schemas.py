@@ -81,8 +81,9 @@ class JobCreate(_Input, ChatRequest):
         default=None,
         max_length=64,
         description="An RFC 3339 time (with an offset) after which the job is not sent to "
-        "its provider: waiting for capacity, a 429 or an open circuit ends there and the "
-        "job ends expired (deadline_exceeded). At most 30 days away.",
+        "its provider or engine: a job still queued, or waiting for capacity, a 429, an "
+        "open circuit or an engine slot, ends expired (deadline_exceeded), using no "
+        "attempt and billed nothing; one already running finishes. At most 30 days away.",
         json_schema_extra={"format": "date-time"},
     )
     timeout_seconds: float | None = Field(

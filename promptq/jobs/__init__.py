@@ -1,9 +1,10 @@
 """Jobs: the lifecycle (lifecycle.py), its one writer (transitions.py), the error codes a
-job can end with (codes.py), and a job as a worker holds it (attempt.py)."""
+job can end with (codes.py), and a job as a worker holds it, with its deadline
+(attempt.py)."""
 
 from __future__ import annotations
 
-from promptq.jobs.attempt import ClaimedJob, Finished, JobFailure, JobOutcome
+from promptq.jobs.attempt import ClaimedJob, Deadline, Finished, JobFailure, JobOutcome
 from promptq.jobs.codes import JobErrorCode
 from promptq.jobs.lifecycle import TRANSITIONS, Transition
 from promptq.jobs.transitions import (
@@ -11,6 +12,7 @@ from promptq.jobs.transitions import (
     cancel_lines,
     claim,
     expire_lines,
+    expire_queued,
     mark_enqueued,
     note_waiting,
     record_failure,
@@ -28,6 +30,7 @@ from promptq.jobs.transitions import (
 __all__ = [
     "TRANSITIONS",
     "ClaimedJob",
+    "Deadline",
     "Finished",
     "JobErrorCode",
     "JobFailure",
@@ -37,6 +40,7 @@ __all__ = [
     "cancel_lines",
     "claim",
     "expire_lines",
+    "expire_queued",
     "mark_enqueued",
     "note_waiting",
     "record_failure",

@@ -1,13 +1,80 @@
-"""A job as a worker holds it for one attempt, and what the attempt produced."""
+"""A job as a worker holds it for one attempt, its deadline, and what the attempt
+produced."""
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ClaimedJob", "Finished", "JobFailure", "JobOutcome"]
+from promptq.errors import DeadlineExceeded
+from promptq.jobs.codes import JobErrorCode
+
+__all__ = ["ClaimedJob", "Deadline", "Finished", "JobFailure", "JobOutcome"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Deadline:
+    """When a claimed job stops waiting (unix time), and the code it then ends with: a
+    native job's own deadline (`deadline_exceeded`) or its batch's expiry
+    (`batch_expired`). Shared by the remote worker's traffic control and the GPU engine."""
+
+    at: float
+    code: str = JobErrorCode.DEADLINE_EXCEEDED
+
+    @classmethod
+    def of(cls, at: datetime | None, *, batch_line: bool) -> Deadline | None:
+        """The deadline of a job as its claim returns it (None: it has none)."""
+        if at is None:
+            return None
+        code = JobErrorCode.BATCH_EXPIRED if batch_line else JobErrorCode.DEADLINE_EXCEEDED
+        return cls(at.timestamp(), code)
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative once it passed)."""
+        return self.at - time.time()
+
+    def expired(self, waiting_for: str) -> DeadlineExceeded:
+        """The error that ends the job once its deadline passed while it waited."""
+        what = (
+            "The batch's completion window ended"
+            if self.code == JobErrorCode.BATCH_EXPIRED
+            else "The job's deadline passed"
+        )
+        return DeadlineExceeded(
+            self.code, f"{what} before it could be sent (it waited: {waiting_for})."
+        )
+
+    def check(self, waiting_for: str) -> float:
+        """Seconds left; DeadlineExceeded if none are."""
+        left = self.left()
+        if left <= 0:
+            raise self.expired(waiting_for)
+        return left
+
+    async def within(self, awaitable: Awaitable[T], waiting_for: str) -> T:
+        """Await `awaitable` until the deadline; past it, it is cancelled and
+        DeadlineExceeded raised (a TimeoutError of its own passes through)."""
+        left = self.left()
+        if left <= 0:
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never started: no "never awaited" warning
+            raise self.expired(waiting_for)
+        limit = asyncio.timeout(left)
+        try:
+            async with limit:
+                return await awaitable
+        except TimeoutError:
+            if limit.expired():
+                raise self.expired(waiting_for) from None
+            raise
 
 
 @dataclass(frozen=True)
@@ -32,9 +99,9 @@ class ClaimedJob:
     budget_id: str | None = None
     cache_opt_out: bool = False
     task: str | None = None
-    #: When it stops waiting for provider capacity: its own deadline, or its batch's
-    #: expiry (None: never).
-    deadline: datetime | None = None
+    #: When it stops waiting for a provider or an engine slot: its own deadline, or its
+    #: batch's expiry (None: never).
+    deadline: Deadline | None = None
 
     @classmethod
     def claimed(cls, row: Any, owner: str) -> ClaimedJob:
@@ -55,7 +122,7 @@ class ClaimedJob:
             budget_id=row.budget_id,
             cache_opt_out=bool(row.cache_opt_out),
             task=_task(row.job_metadata),
-            deadline=row.deadline,
+            deadline=Deadline.of(row.deadline, batch_line=row.batch_id is not None),
         )
 
     def next_attempt(self) -> ClaimedJob:

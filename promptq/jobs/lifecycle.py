@@ -6,6 +6,7 @@ statement with these states, and docs/design.md draws the same table (a test che
                  refuse_line──▶ failed ◀──fail / fail_lost──┘
     queued ◀──release / requeue── running;  queued|running ──cancel──▶ cancelled
     queued ──cancel_lines──▶ cancelled;  queued ──expire_lines──▶ expired
+    queued ──expire_queued──▶ expired (a native job's deadline passed before a worker took it)
     running ──expire──▶ expired (its deadline or batch window passed while it waited)
 
 Adding a transition (waiting for a rate limit, a budget refusal, a cache hit ...): add a
@@ -27,6 +28,7 @@ __all__ = [
     "CREATE_LINE",
     "EXPIRE",
     "EXPIRE_LINES",
+    "EXPIRE_QUEUED",
     "FAIL",
     "FAIL_LOST",
     "MARK_ENQUEUED",
@@ -92,7 +94,7 @@ EXPIRE = Transition(
     (R,),
     JobStatus.EXPIRED,
     "job.expired",
-    why="its deadline (or batch window) passed before it could be sent to its provider",
+    why="its deadline (or batch window) passed before it could be sent to its provider or engine",
 )
 RELEASE = Transition("release", (R,), Q, why="a clean shutdown hands the job back")
 REQUEUE = Transition(
@@ -134,6 +136,15 @@ EXPIRE_LINES = Transition(
     JobErrorCode.BATCH_EXPIRED,
     why="its batch's window passed; running lines finish",
 )
+EXPIRE_QUEUED = Transition(
+    "expire_queued",
+    (Q,),
+    JobStatus.EXPIRED,
+    "job.expired",
+    JobErrorCode.DEADLINE_EXCEEDED,
+    why="the sweeper, or the worker its message reached: a native job's deadline passed "
+    "while it was queued",
+)
 
 #: Every transition, in the order of a job's life.
 TRANSITIONS = (
@@ -155,4 +166,5 @@ TRANSITIONS = (
     CANCEL,
     CANCEL_LINES,
     EXPIRE_LINES,
+    EXPIRE_QUEUED,
 )

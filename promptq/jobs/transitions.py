@@ -31,6 +31,7 @@ from promptq.jobs.lifecycle import (
     CREATE_LINE,
     EXPIRE,
     EXPIRE_LINES,
+    EXPIRE_QUEUED,
     FAIL,
     FAIL_LOST,
     MARK_ENQUEUED,
@@ -53,6 +54,7 @@ __all__ = [
     "cancel_lines",
     "claim",
     "expire_lines",
+    "expire_queued",
     "mark_enqueued",
     "note_waiting",
     "record_failure",
@@ -156,15 +158,16 @@ def _held(job: ClaimedJob) -> sa.ColumnElement[bool]:
 async def claim(
     session: AsyncSession, job_ids: Sequence[str], owner: str, lease_seconds: float
 ) -> list[ClaimedJob]:
-    """CLAIM: take the lease on those of `job_ids` that are still queued; the rest are
-    skipped (commits)."""
+    """CLAIM: take the lease on those of `job_ids` that are still queued and whose own
+    deadline has not passed; the rest are skipped (`expire_queued` ends the overdue ones)
+    (commits)."""
     if not job_ids:
         return []
     now = utcnow()
     c = _JOBS.c
     stmt = (
         _update(CLAIM)
-        .where(c.id.in_(job_ids))
+        .where(c.id.in_(job_ids), sa.or_(c.deadline_at.is_(None), c.deadline_at > now))
         .values(
             status=CLAIM.target,
             attempts=c.attempts + 1,
@@ -547,3 +550,46 @@ async def expire_lines(session: AsyncSession, batch_id: str) -> int:
     """EXPIRE_LINES: the batch's queued lines end `batch_expired` (not committed)."""
     message = "The batch's completion window ended before this request ran."
     return await _end_queued_lines(session, EXPIRE_LINES, batch_id, message)
+
+
+#: Overdue queued jobs expired per statement: each chunk commits on its own, so no
+#: statement holds many row locks for long.
+EXPIRE_CHUNK = 500
+
+
+async def expire_queued(
+    session: AsyncSession, *, job_ids: Sequence[str] | None = None, limit: int = EXPIRE_CHUNK
+) -> list[tuple[str, str | None]]:
+    """EXPIRE_QUEUED: queued native jobs whose deadline passed (among `job_ids`, or any)
+    end `expired` with `deadline_exceeded`, at most `limit` of them, rows another
+    transaction holds skipped; they used no attempt and reserved nothing. Emits
+    `job.expired`; returns the (id, model) of those it moved (commits)."""
+    c = _JOBS.c
+    now = utcnow()
+    # The literal status lets Postgres use the partial index of queued jobs' deadlines.
+    due = (
+        sa.select(c.id)
+        .where(c.status == sa.literal_column(f"'{EXPIRE_QUEUED.sources[0].value}'"))
+        .where(c.deadline_at < now)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    if job_ids is not None:
+        due = due.where(c.id.in_(list(job_ids)))
+    rows = (
+        await session.execute(
+            _update(EXPIRE_QUEUED)
+            .where(c.id.in_(due.scalar_subquery()))
+            .values(
+                status=EXPIRE_QUEUED.target,
+                finished_at=now,
+                error_code=EXPIRE_QUEUED.code,
+                error_message="The job's deadline passed before a worker could start it "
+                "(it waited: queued).",
+            )
+            .returning(c.id, c.webhook_url, c.model)
+        )
+    ).all()
+    await _emit(session, EXPIRE_QUEUED, rows)
+    await session.commit()
+    return [(row.id, row.model) for row in rows]

@@ -4,7 +4,8 @@ It re-queues jobs whose lease expired (a dead worker), fails those out of attemp
 poison prompt cannot loop forever), re-sends queued jobs whose message was never sent or
 was lost (Redis restarted or flushed), validates batches left `validating` (their API
 restarted), expires batches past their window and finalizes batches whose jobs are all
-done."""
+done. Queued native jobs past their deadline are expired on every sweep and, between
+sweeps, every second, so that a job nobody takes ends close to its deadline."""
 
 from __future__ import annotations
 
@@ -23,8 +24,9 @@ from promptq.config import Settings
 from promptq.constants import BROKER_EPOCH_KEY
 from promptq.db import Database
 from promptq.ids import new_id
-from promptq.jobs import requeue_expired, resend
-from promptq.metrics import SWEEPER_ACTIONS
+from promptq.jobs import JobErrorCode, expire_queued, requeue_expired, resend
+from promptq.jobs.transitions import EXPIRE_CHUNK
+from promptq.metrics import JOBS_FINISHED, SWEEPER_ACTIONS
 from promptq.models import Batch, BatchStatus, Job, utcnow
 from promptq.scheduler.dispatch import dispatch_queued
 from promptq.scheduler.validation import Validation, Validator
@@ -33,8 +35,11 @@ __all__ = ["SweepReport", "Sweeper"]
 
 log = structlog.get_logger(__name__)
 
-#: The report's counts exported as promptq_sweeper_actions_total{action}.
+#: The report's counts exported as promptq_sweeper_actions_total{action} (`expired_jobs`
+#: is counted where it happens: the deadline watch expires jobs between sweeps too).
 SWEPT = ("requeued", "failed", "published", "expired_batches", "finalized_batches")
+#: How often queued jobs' deadlines are looked at between sweeps (at most the interval).
+_DEADLINE_WATCH_SECONDS = 1.0
 #: How long the API that made a batch has to start validating it before the sweeper does.
 _VALIDATION_GRACE_SECONDS = 10
 
@@ -46,6 +51,7 @@ class SweepReport:
     requeued: int = 0
     failed: int = 0
     published: int = 0
+    expired_jobs: int = 0
     expired_batches: int = 0
     finalized_batches: int = 0
     broker_reset: bool = False
@@ -73,7 +79,11 @@ class Sweeper:
         )
 
     async def run_forever(self) -> None:
-        """Sweep every `sweep_interval_seconds` until cancelled."""
+        """Sweep every `sweep_interval_seconds`, and watch queued jobs' deadlines every
+        second, until cancelled."""
+        await asyncio.gather(self._sweep_forever(), self._watch_deadlines())
+
+    async def _sweep_forever(self) -> None:
         while True:
             try:
                 report = await self.sweep()
@@ -87,6 +97,7 @@ class Sweeper:
         """One pass over leases, deliveries and batches."""
         report = SweepReport()
         await self._expired_leases(report)
+        report.expired_jobs = await self.expire_deadlines()
         await self._broker_epoch(report)
         await self._deliver(report)
         await self._batches(report)
@@ -98,6 +109,33 @@ class Sweeper:
     async def _expired_leases(self, report: SweepReport) -> None:
         async with self.db.session() as session:
             report.failed, report.requeued = await requeue_expired(session)
+
+    async def expire_deadlines(self) -> int:
+        """End queued native jobs whose deadline passed (`deadline_exceeded`), in chunks
+        that each commit; returns how many. Their messages, if still in Redis, claim
+        nothing."""
+        expired = 0
+        while True:
+            async with self.db.session() as session:
+                rows = await expire_queued(session, limit=EXPIRE_CHUNK)
+            for _, model in rows:
+                JOBS_FINISHED.labels(model or "", "expired", JobErrorCode.DEADLINE_EXCEEDED).inc()
+            expired += len(rows)
+            if len(rows) < EXPIRE_CHUNK:
+                break
+        if expired:
+            SWEEPER_ACTIONS.labels(action="expired_jobs").inc(expired)
+            log.info("sweeper.expired_jobs", jobs=expired)
+        return expired
+
+    async def _watch_deadlines(self) -> None:
+        pause = min(_DEADLINE_WATCH_SECONDS, self.settings.sweep_interval_seconds)
+        while True:
+            await asyncio.sleep(pause)
+            try:
+                await self.expire_deadlines()
+            except Exception:
+                log.exception("sweeper.deadlines_failed")
 
     async def _broker_epoch(self, report: SweepReport) -> None:
         # A missing epoch key means Redis lost its data: every queued job's message may be

@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from promptq.jobs import Deadline
+
 __all__ = ["Completion", "JobRequest", "ModelClient", "chat_completion_body"]
 
 
@@ -20,6 +22,8 @@ class JobRequest:
     upstream: str
     body: dict[str, Any]  # the chat-completions request body (messages, max_tokens, ...)
     priority: int = 5  # 0 runs soonest
+    #: When it stops waiting for an engine slot (None: never); one generating finishes.
+    deadline: Deadline | None = None
 
 
 @dataclass(frozen=True)

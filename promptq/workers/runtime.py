@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.backoff import backoff_delay
 from promptq.catalog import Catalog, ModelEntry
@@ -26,9 +27,11 @@ from promptq.jobs import (
     JobFailure,
     JobOutcome,
     claim,
+    expire_queued,
     release,
     retry,
 )
+from promptq.metrics import JOBS_FINISHED
 from promptq.queues import BULK_BAND, INTERACTIVE_BAND, queue_step
 from promptq.scheduler.health import ModelHealth
 from promptq.workers import side_tasks
@@ -280,6 +283,8 @@ class WorkerRuntime:
         try:
             async with self.db.session() as session:
                 jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
+                if len(jobs) < len(job_ids):  # taken elsewhere, finished, or past its deadline
+                    await self._expire_overdue(session, job_ids)
             for job in jobs:
                 self._running[job.id] = job
                 self.telemetry.started(job)
@@ -289,6 +294,13 @@ class WorkerRuntime:
             await self._release_alone()
         self.counters["claimed"] += len(jobs)
         return len(jobs)
+
+    async def _expire_overdue(self, session: AsyncSession, job_ids: list[str]) -> None:
+        # A native job whose deadline passed while its message waited is not claimed: it
+        # ends here, as the sweeper would end it, using no attempt.
+        for job_id, model in await expire_queued(session, job_ids=job_ids):
+            JOBS_FINISHED.labels(model or "", "expired", JobErrorCode.DEADLINE_EXCEEDED).inc()
+            log.info("job.expired", job_id=job_id, code=JobErrorCode.DEADLINE_EXCEEDED)
 
     async def _run(self, job: ClaimedJob) -> None:
         try:
@@ -312,7 +324,11 @@ class WorkerRuntime:
     async def _attempt(self, job: ClaimedJob) -> None:
         # Routing picks the models to try; per model the cache may answer, else the
         # budget is reserved and the backend called (retried); a cut-off or failed answer
-        # moves on to the next model when the router says so.
+        # moves on to the next model when the router says so. A batch line claimed after
+        # its batch's window ended is not started.
+        if job.deadline is not None and job.deadline.left() <= 0:
+            await self._fail(job, job.deadline.expired("queued"))
+            return
         try:
             plan = await self.spending.plan(job)
         except TerminalError as exc:
@@ -375,6 +391,7 @@ class WorkerRuntime:
                 current.body,
                 # The queue step: the interactive band runs before bulk lines on the engine.
                 queue_step(current.priority, interactive=current.batch_id is None),
+                deadline=current.deadline,
             )
             try:
                 completion = await backend.complete(request)
@@ -386,7 +403,11 @@ class WorkerRuntime:
                 if current.attempt >= current.max_attempts:
                     message = f"{exc.message} (gave up after {current.attempt} attempts)"
                     return current, RetryableError(exc.code, message, exc.provider_status), entry
-                nxt = await self._next_attempt(current, exc)
+                delay = self._retry_delay(current, exc)
+                if current.deadline is not None and delay >= current.deadline.left():
+                    # The backoff would outlast the deadline (as traffic control's faults).
+                    return current, current.deadline.expired(f"{exc.code} backoff"), entry
+                nxt = await self._next_attempt(current, exc, delay)
                 if nxt is None:
                     return None
                 current = nxt
@@ -415,27 +436,24 @@ class WorkerRuntime:
             priority=job.priority,
             interactive=interactive,
             band=INTERACTIVE_BAND if interactive else BULK_BAND,
-            deadline=job.deadline.timestamp() if job.deadline else None,
-            deadline_code=JobErrorCode.DEADLINE_EXCEEDED
-            if interactive
-            else JobErrorCode.BATCH_EXPIRED,
+            deadline=job.deadline,
         )
         try:
             served = await traffic.run(request, entry, on_wait)
-        except DeadlineExceeded as exc:
-            if job.batch_id:  # past its batch's window: the batch expires now
-                await expire_window(self.db, job.batch_id)
-            return job, exc, entry
         except (TerminalError, RetryableError) as exc:
             return job, exc, entry
         finally:
             waiting.forget(job.id)
         return job, served.completion, served.entry
 
-    async def _next_attempt(self, job: ClaimedJob, exc: RetryableError) -> ClaimedJob | None:
-        delay = backoff_delay(
+    def _retry_delay(self, job: ClaimedJob, exc: RetryableError) -> float:
+        return backoff_delay(
             job.attempt, exc, self.settings.retry_base_seconds, self.settings.retry_max_seconds
         )
+
+    async def _next_attempt(
+        self, job: ClaimedJob, exc: RetryableError, delay: float
+    ) -> ClaimedJob | None:
         log.info(
             "job.retry", job_id=job.id, attempt=job.attempt, code=exc.code, delay=round(delay, 3)
         )
@@ -483,6 +501,8 @@ class WorkerRuntime:
     async def _fail(self, job: ClaimedJob, exc: AttemptError) -> None:
         expired = isinstance(exc, DeadlineExceeded)
         failure = JobFailure(exc.code, exc.message, exc.provider_status, expired=expired)
+        if expired and job.batch_id:  # past its batch's window: the batch expires now
+            await expire_window(self.db, job.batch_id)
         stored = await self.results.write(job, failure)
         self.spending.finished(job)
         self.counters["failed" if stored else "lost"] += 1

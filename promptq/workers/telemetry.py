@@ -226,8 +226,9 @@ class JobTelemetry:
         )
 
     def failed(self, job: ClaimedJob, failure: JobFailure) -> None:
-        """The job's failure was stored."""
-        JOBS_FINISHED.labels(job.model, "failed", failure.code).inc()
+        """The job's failure (or expiry) was stored."""
+        outcome = "expired" if failure.expired else "failed"
+        JOBS_FINISHED.labels(job.model, outcome, failure.code).inc()
         self._duration(job)
         self._send(
             "task-failed",

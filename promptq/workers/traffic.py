@@ -26,7 +26,7 @@ from promptq.backoff import backoff_delay
 from promptq.catalog import Catalog, Deployment, ModelEntry
 from promptq.config import Settings
 from promptq.errors import DeadlineExceeded, RetryableError, TerminalError
-from promptq.jobs import JobErrorCode
+from promptq.jobs import Deadline, JobErrorCode
 from promptq.scheduler.admission import AdmissionGate, Permit, WaitExpired
 from promptq.scheduler.breaker import BreakerSettings, CircuitBreaker, Gate
 from promptq.scheduler.deployments import choose_deployment, limits_of
@@ -59,31 +59,21 @@ class TrafficJob:
     priority: int = 5
     interactive: bool = False
     band: int = 5
-    #: When it stops waiting (unix time; None: never), and the code it then ends with.
-    deadline: float | None = None
-    deadline_code: str = JobErrorCode.DEADLINE_EXCEEDED
+    #: When it stops waiting (None: never), and the code it then ends with.
+    deadline: Deadline | None = None
 
     def left(self) -> float | None:
         """Seconds until its deadline (None: it has none)."""
-        return None if self.deadline is None else self.deadline - time.time()
+        return None if self.deadline is None else self.deadline.left()
 
     def expired(self, waiting_for: str) -> DeadlineExceeded:
         """The error that ends it once its deadline passed while it waited."""
-        what = (
-            "The batch's completion window ended"
-            if self.deadline_code == JobErrorCode.BATCH_EXPIRED
-            else "The job's deadline passed"
-        )
-        return DeadlineExceeded(
-            self.deadline_code, f"{what} before it could be sent (it waited: {waiting_for})."
-        )
+        assert self.deadline is not None, "a job without a deadline never expires"
+        return self.deadline.expired(waiting_for)
 
     def check(self, waiting_for: str) -> float | None:
         """Seconds left before its deadline; DeadlineExceeded if none are."""
-        left = self.left()
-        if left is not None and left <= 0:
-            raise self.expired(waiting_for)
-        return left
+        return None if self.deadline is None else self.deadline.check(waiting_for)
 
 
 @dataclass(frozen=True)

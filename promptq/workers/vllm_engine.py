@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 import structlog
 
 from promptq.errors import RetryableError, TerminalError
+from promptq.jobs import Deadline
 from promptq.metrics import ENGINE_REQUESTS, PREEMPTED, PREEMPTED_TOKENS
 from promptq.queues import BULK_BAND
 from promptq.workers.completion import Completion, JobRequest
@@ -143,17 +145,22 @@ class VllmEngine:
         try:
             if victim is not None:
                 await self._preempt(victim)
-            return await self._generate(prompt_ids, params, request_id, request)
+            return await self._generate(
+                prompt_ids, params, request_id, request, deadline=request.deadline
+            )
         finally:
             self._slots.exit_interactive()
 
     async def _preempt(self, victim: Running) -> None:
         """Abort `victim` before submitting the interactive request, so that vLLM's next step
         has its slot free; the victim's own stream then ends and it queues again."""
+        await self._abort(victim.request_id)
+
+    async def _abort(self, request_id: str) -> None:
         try:
-            await self._engine.abort(victim.request_id)
-        except Exception:  # a dead engine fails the interactive request itself, next
-            log.warning("vllm_engine.abort_failed", request_id=victim.request_id, exc_info=True)
+            await self._engine.abort(request_id)
+        except Exception:  # a dead engine fails the next request itself
+            log.warning("vllm_engine.abort_failed", request_id=request_id, exc_info=True)
 
     async def _bulk(
         self, request: JobRequest, prompt_ids: list[int], params: Any
@@ -164,10 +171,17 @@ class VllmEngine:
         while True:
             suffix = f"-p{preemptions}" if preemptions else ""
             running = Running(f"{request.job_id}-{request.attempt}{suffix}", request.priority)
-            await self._slots.acquire(running, first=preemptions > 0)
+            # Its deadline bounds the wait for its first run only: a preempted request had
+            # started, and runs again first in line whatever its deadline.
+            deadline = None if preemptions else request.deadline
+            acquired = self._slots.acquire(running, first=preemptions > 0)
+            if deadline is None:
+                await acquired
+            else:
+                await deadline.within(acquired, "engine_slot")
             try:
                 generated = await self._generate(
-                    prompt_ids, params, running.request_id, request, running
+                    prompt_ids, params, running.request_id, request, running, deadline
                 )
             except _Preempted as preempted:
                 self._slots.release(running, wake=False)  # its next run asks first, below
@@ -211,6 +225,12 @@ class VllmEngine:
             )
         return ids
 
+    def _engine_prompt(self, prompt_ids: list[int]) -> Any:
+        """The token ids as vLLM's prompt input."""
+        from vllm.inputs import tokens_input
+
+        return tokens_input(prompt_ids)
+
     def _sampling_params(self, body: Mapping[str, Any], prompt_len: int) -> Any:
         """Map the OpenAI sampling fields onto vLLM's SamplingParams."""
         from vllm import SamplingParams
@@ -232,38 +252,44 @@ class VllmEngine:
         request_id: str,
         request: JobRequest,
         running: Running | None = None,
+        deadline: Deadline | None = None,
     ) -> _Generated:
         """Stream one request through the engine, timing its first token; the request
         counts as waiting in promptq_engine_requests until then, running after. A bulk
         request's `running` record follows its token count; raises _Preempted when it was
-        aborted for an interactive request."""
-        from vllm.inputs import tokens_input
-
+        aborted for an interactive request. A request with no token by its `deadline` is
+        aborted (DeadlineExceeded); one generating by then finishes."""
+        # No token yet by the deadline: still waiting in vLLM's queue (or prefilling).
+        limit = asyncio.timeout(None if deadline is None else deadline.check("engine_slot"))
+        prompt = self._engine_prompt(prompt_ids)
         started = time.monotonic()
         parts: list[str] = []
         token_count = 0
         ttft_ms: float | None = None
         finish: str | None = None
         cached: int | None = None
-        stream = self._engine.generate(
-            tokens_input(prompt_ids), params, request_id, priority=request.priority
-        )
+        stream = self._engine.generate(prompt, params, request_id, priority=request.priority)
         state = ENGINE_REQUESTS.labels(request.model, "waiting")
         state.inc()
         try:
-            async for output in stream:
-                choice = output.outputs[0]
-                if ttft_ms is None and choice.token_ids:
-                    ttft_ms = (time.monotonic() - started) * 1000
-                    state.dec()
-                    state = ENGINE_REQUESTS.labels(request.model, "running")
-                    state.inc()
-                parts.append(choice.text)
-                token_count += len(choice.token_ids)
-                finish, cached = choice.finish_reason, output.num_cached_tokens
-                if running is not None:
-                    running.tokens = token_count
+            async with limit:
+                async for output in stream:
+                    choice = output.outputs[0]
+                    if ttft_ms is None and choice.token_ids:
+                        ttft_ms = (time.monotonic() - started) * 1000
+                        limit.reschedule(None)  # generating: it finishes
+                        state.dec()
+                        state = ENGINE_REQUESTS.labels(request.model, "running")
+                        state.inc()
+                    parts.append(choice.text)
+                    token_count += len(choice.token_ids)
+                    finish, cached = choice.finish_reason, output.num_cached_tokens
+                    if running is not None:
+                        running.tokens = token_count
         except Exception as exc:
+            if deadline is not None and limit.expired():
+                await self._abort(request_id)
+                raise deadline.expired("engine_slot") from None
             raise _job_error(exc) from exc
         finally:
             state.dec()
