@@ -38,7 +38,8 @@ _SETTING_NOTES = {
     "redis_url": "The Redis that carries the queues (Celery's broker).",
     "models_file": "The models file (below); unset: the bundled one with the demo's model.",
     "sweep_interval_seconds": "How often the sweeper looks for expired leases, lost "
-    "messages and expired batches.",
+    "messages and expired batches (queued jobs past their deadline: every second, or this "
+    "if shorter).",
     "requeue_after_seconds": "A queued job whose message has not been taken for this long "
     "is published again (Redis lost it).",
 }

@@ -57,6 +57,9 @@ class FakeAsyncLLM:
     async def abort(self, request_id: str) -> None:
         self.aborted.add(request_id)
 
+    def shutdown(self) -> None:
+        self.gate.set()
+
     async def generate(
         self, prompt: Any, params: Any, request_id: str, priority: int = 0
     ) -> AsyncIterator[Any]:

@@ -125,6 +125,7 @@ async def test_the_sweeper_requeues_expired_leases_and_fails_exhausted_jobs(
         "requeued": 1,
         "failed": 1,
         "published": report.published,
+        "expired_jobs": 0,
         "expired_batches": 0,
         "finalized_batches": 0,
         "validations_resumed": 0,
