@@ -283,7 +283,9 @@ class WorkerRuntime:
         try:
             async with self.db.session() as session:
                 jobs = await claim(session, job_ids, self.owner, self.settings.lease_seconds)
-                if len(jobs) < len(job_ids):  # taken elsewhere, finished, or past its deadline
+                # Some were taken elsewhere, finished, or are native jobs (never bulk) past
+                # their deadline.
+                if len(jobs) < len(job_ids) and step < BULK_BAND:
                     await self._expire_overdue(session, job_ids)
             for job in jobs:
                 self._running[job.id] = job
