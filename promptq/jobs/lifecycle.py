@@ -78,7 +78,12 @@ REFUSE_LINE = Transition(
 )
 MARK_ENQUEUED = Transition("mark_enqueued", (Q,), Q, why="its message was sent to Redis")
 RESEND = Transition("resend", (Q,), Q, why="Redis lost its data: send every queued job again")
-CLAIM = Transition("claim", (Q,), R, why="a worker takes the lease for one attempt")
+CLAIM = Transition(
+    "claim",
+    (Q,),
+    R,
+    why="a worker takes the lease for one attempt (not on a native job past its deadline)",
+)
 RENEW = Transition("renew", (R,), R, why="the worker's heartbeat extends its leases")
 RETRY = Transition("retry", (R,), R, why="a retryable error: the next attempt, same lease")
 WAIT = Transition(
