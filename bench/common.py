@@ -140,9 +140,37 @@ def group_process_cpu(pgid: int) -> dict[str, float]:
     }
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every running `postgres` process (server and backends), in seconds."""
-    return sum(_cpu(fields) for _, comm, fields in _processes() if comm == "postgres")
+def postgres_cpu_seconds(database: str | None = None) -> float:
+    """CPU time of the running `postgres` processes, in seconds: all of them, or with
+    `database` the server's own (checkpointer, WAL writer...) and the backends and
+    autovacuum workers of that database, not those of other users of a shared server."""
+    total = 0.0
+    for pid, comm, fields in _processes():
+        if comm != "postgres":
+            continue
+        if database is not None:
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").split()
+            except (FileNotFoundError, ProcessLookupError):
+                continue
+            # A backend's title is "postgres: 15/main: USER DATABASE HOST(PORT) STATE", an
+            # autovacuum worker's "... autovacuum worker DATABASE"; the server's name none.
+            databases = {word.decode(errors="replace") for word in title[3:5]}
+            serves_one = (
+                len(title) >= 4
+                and title[0] == b"postgres:"
+                and title[2]
+                not in (
+                    b"checkpointer",
+                    b"walwriter",
+                    b"background",
+                    b"logical",
+                )
+            )
+            if serves_one and database not in databases:
+                continue
+        total += _cpu(fields)
+    return total
 
 
 def source_state(repo: Path) -> str:
@@ -206,13 +234,15 @@ class CpuMeter:
     """CPU seconds each process group (and Postgres, all backends) used since creation, and
     what the rest of the machine used meanwhile (other users of a shared machine)."""
 
-    def __init__(self, procs: Mapping[str, Child]) -> None:
+    def __init__(self, procs: Mapping[str, Child], database: str | None = None) -> None:
         self._procs = dict(procs)
+        self._database = database  # count only this database's backends, when given
         self._start = self._read()
 
     def _read(self) -> dict[str, float]:
         used = {name: group_cpu_seconds(proc.pid) for name, proc in self._procs.items()}
-        used["postgres"] = postgres_cpu_seconds()  # approximate: live backends only
+        # Approximate: live processes only (a backend's CPU is lost when it exits).
+        used["postgres"] = postgres_cpu_seconds(self._database)
         used["bench client"] = sum(os.times()[:2])  # this process: sending, polling
         used["machine"] = machine_busy_seconds()
         return used

@@ -143,12 +143,22 @@ def _completed(client: httpx.Client, batch_id: str) -> tuple[str, int]:
 
 
 def watch_slices(
-    client: httpx.Client, batch_id: str, prompts: int, timeout: float, interval: float
-) -> tuple[list[dict[str, float]], float, float | None]:
+    client: httpx.Client,
+    batch_id: str,
+    prompts: int,
+    timeout: float,
+    interval: float,
+    meter: CpuMeter,
+) -> tuple[list[dict[str, Any]], float, float | None]:
     """Poll the batch; the time at which each 10% of its prompts had finished, the whole
-    run, and when it stopped `validating` (its lines all stored as jobs)."""
+    run, and when it stopped `validating` (its lines all stored as jobs). Each slice also
+    says the CPU promptq's processes (with Postgres, Redis and the simulated provider) spent
+    per prompt in it, and how many cores the rest of the machine used meanwhile: on a
+    shared machine prompts/s follows the neighbours' load, CPU per prompt much less. The
+    batch is polled every `interval` s: a slice finished within the same poll as the one
+    before it shows zeros (only with small batches)."""
     start = time.perf_counter()
-    marks: list[tuple[float, int]] = [(0.0, 0)]
+    marks: list[tuple[float, int, dict[str, float]]] = [(0.0, 0, meter.used())]
     status = "validating"
     validated: float | None = None
     while status not in ("completed", "failed", "cancelled", "expired"):
@@ -156,21 +166,32 @@ def watch_slices(
             raise TimeoutError(f"batch {batch_id} not finished after {timeout}s")
         time.sleep(interval)
         status, done = _completed(client, batch_id)
-        marks.append((time.perf_counter() - start, done))
+        marks.append((time.perf_counter() - start, done, meter.used()))
         if validated is None and status != "validating":
             validated = marks[-1][0]
-    slices = []
+    slices: list[dict[str, Any]] = []
+    before = marks[0]
     for tenth in range(1, 11):
         goal = prompts * tenth / 10
-        reached = next(t for t, done in marks if done >= goal)
-        previous = slices[-1]["at_s"] if slices else 0.0
+        reached = next(mark for mark in marks if mark[1] >= goal)
+        seconds = max(reached[0] - before[0], 1e-6)
+        spent = {name: reached[2][name] - before[2][name] for name in reached[2]}
+        other = spent.pop("other processes") + spent.pop("bench client")
         slices.append(
             {
                 "slice": tenth * 10,
-                "at_s": round(reached, 2),
-                "prompts_per_s": round((prompts / 10) / max(reached - previous, 1e-6), 1),
+                "at_s": round(reached[0], 2),
+                "prompts_per_s": round((reached[1] - before[1]) / seconds, 1),
+                "promptq_cpu_ms_per_prompt": round(
+                    1000 * sum(spent.values()) / max(reached[1] - before[1], 1), 3
+                ),
+                "postgres_cpu_ms_per_prompt": round(
+                    1000 * spent["postgres"] / max(reached[1] - before[1], 1), 3
+                ),
+                "other_cores": round(other / seconds, 2),
             }
         )
+        before = reached
     return slices, time.perf_counter() - start, validated
 
 
@@ -200,10 +221,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         with api_client(url, make_api_key(svc.db_url, "bench-scale")) as client:
             file_id, upload_s = upload(client, path)
             api_peak_kib = proc_status_kib(api.pid, "VmHWM")
-            meter = CpuMeter({**procs, **svc.procs})
+            database = sa.engine.make_url(svc.db_url).database
+            meter = CpuMeter({**procs, **svc.procs}, database=database)
             batch, create_s = create_batch(client, file_id)
             slices, elapsed, validated = watch_slices(
-                client, batch["id"], args.prompts, args.timeout, 2.0
+                client, batch["id"], args.prompts, args.timeout, 2.0, meter
             )
             cpu = meter.used()
             api_peak_run_kib = proc_status_kib(api.pid, "VmHWM")
@@ -252,9 +274,12 @@ def report(result: dict[str, Any]) -> None:
     )
     print(f"run: {result['run_s']} s, {result['prompts_per_s']:,} prompts/s")
     print(f"final: {result['final_status']} {result['request_counts']}")
-    print(
-        "slices: " + ", ".join(f"{s['slice']}% {s['prompts_per_s']:,}/s" for s in result["slices"])
-    )
+    print("slice  prompts/s  promptq CPU ms/prompt (Postgres)  other processes, cores")
+    for s in result["slices"]:
+        print(
+            f"{s['slice']:>4}%  {s['prompts_per_s']:>9,}  {s['promptq_cpu_ms_per_prompt']:>12.3f}"
+            f" ({s['postgres_cpu_ms_per_prompt']:.3f})  {s['other_cores']:>20.2f}"
+        )
     for label in ("latency_empty", "latency_full"):
         print(f"{label}: {result[label]}")
     for table, size in result["table_sizes"].items():

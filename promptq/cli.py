@@ -12,7 +12,7 @@ import typer
 from promptq import cli_ops
 from promptq.cli_cost import BudgetOpt, PeriodOpt, apply_budget, register_cost_commands
 from promptq.cli_keys import register_key_commands
-from promptq.config import get_settings
+from promptq.config import Settings, get_settings
 from promptq.logs import configure_logging
 
 
@@ -83,6 +83,18 @@ BurstOpt = Annotated[
 ]
 
 
+def _worker_settings(kind: str, check: bool, metrics_port: int | None) -> Settings:
+    """The settings a `kind` worker runs with. `--check` answers the health probe and exits
+    here; `--metrics-port` starts the metrics server before the worker starts."""
+    from promptq.workers.launch import check_workers
+
+    settings = get_settings()
+    if check:
+        raise typer.Exit(check_workers(settings, kind))
+    cli_ops.serve_metrics(settings, metrics_port)
+    return settings
+
+
 @worker_app.command("remote")
 def worker_remote(
     concurrency: Annotated[int, typer.Option(help="Provider requests in flight.")] = 256,
@@ -92,12 +104,9 @@ def worker_remote(
     metrics_port: cli_ops.MetricsPort = None,
 ) -> None:
     """Run a remote worker (OpenAI-compatible and Anthropic providers)."""
-    from promptq.workers.launch import check_workers, run_remote_worker
+    from promptq.workers.launch import run_remote_worker
 
-    settings = get_settings()
-    if check:
-        raise typer.Exit(check_workers(settings, "remote"))
-    cli_ops.serve_metrics(settings, metrics_port)
+    settings = _worker_settings("remote", check, metrics_port)
     run_remote_worker(settings, concurrency=concurrency, loglevel=loglevel, burst=burst)
 
 
@@ -110,12 +119,9 @@ def worker_gpu(
     metrics_port: cli_ops.MetricsPort = None,
 ) -> None:
     """Run a GPU worker: one vLLM engine for one model of the models file."""
-    from promptq.workers.launch import check_workers, run_gpu_worker
+    from promptq.workers.launch import run_gpu_worker
 
-    settings = get_settings()
-    if check:
-        raise typer.Exit(check_workers(settings, "gpu"))
-    cli_ops.serve_metrics(settings, metrics_port)
+    settings = _worker_settings("gpu", check, metrics_port)
     run_gpu_worker(settings, model=model, loglevel=loglevel, burst=burst)
 
 

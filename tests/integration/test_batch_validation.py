@@ -6,8 +6,6 @@ fails the batch with OpenAI-shaped errors."""
 from __future__ import annotations
 
 import asyncio
-import io
-import json
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -16,50 +14,20 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from promptq.batches import cancel_batch, create_batch
-from promptq.catalog import Catalog, load_catalog
+from promptq.batches import cancel_batch
+from promptq.catalog import Catalog
 from promptq.db import Database
-from promptq.files import store_upload
-from promptq.ids import new_id
 from promptq.models import Batch, BatchStatus, Job, JobStatus, utcnow
 from promptq.scheduler import validation as validation_module
 from promptq.scheduler.validation import Validation, validate_batch
+from tests.factories import batch_line, one_model_catalog, validating_batch
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Catalog:
-    path = tmp_path / "models.toml"
-    path.write_text(
-        '[[models]]\nname = "m"\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
-        "input_per_mtok = 1000\noutput_per_mtok = 2000\n"
-    )
-    return load_catalog(path)
-
-
-def _line(custom_id: str, model: str = "m") -> bytes:
-    body = {"model": model, "messages": [{"role": "user", "content": custom_id}]}
-    line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
-    return (json.dumps(line) + "\n").encode()
-
-
-async def _validating(db: Database, *lines: bytes, **extra: Any) -> str:
-    async with db.session() as session:
-        file = await store_upload(session, "t", "in.jsonl", io.BytesIO(b"".join(lines)), 100)
-        now = utcnow()
-        batch = Batch(
-            id=new_id("batch_"),
-            tenant="t",
-            input_file_id=file.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            priority=5,
-            created_at=now,
-            expires_at=now + timedelta(hours=24),
-            **extra,
-        )
-        return (await create_batch(session, batch)).id
+    return one_model_catalog(tmp_path, 1000, 2000)
 
 
 async def _state(db: Database, batch_id: str) -> tuple[Batch, list[tuple[int, str, str | None]]]:
@@ -79,8 +47,14 @@ async def test_a_validator_that_stopped_midway_resumes_without_storing_a_line_tw
 ) -> None:
     # Given a batch of five lines (the fourth repeats the first custom_id), read two at a time
     monkeypatch.setattr(validation_module, "_PAGE", 2)
-    lines = [_line("a"), _line("b"), _line("c"), _line("a"), _line("e", model="nope")]
-    batch_id = await _validating(any_db, *lines)
+    lines = [
+        batch_line("a"),
+        batch_line("b"),
+        batch_line("c"),
+        batch_line("a"),
+        batch_line("e", model="nope"),
+    ]
+    batch_id = await validating_batch(any_db, *lines)
     validation = Validation(any_db, catalog, None, 32, 3, 100)
     # When its first validator dies after storing the first page
     store = validation_module._store
@@ -115,7 +89,7 @@ async def test_a_validator_that_stopped_midway_resumes_without_storing_a_line_tw
 
 async def test_one_validator_at_a_time_holds_a_batch(db: Database, catalog: Catalog) -> None:
     # Given a batch whose validation lock another process holds
-    batch_id = await _validating(db, _line("a"))
+    batch_id = await validating_batch(db, batch_line("a"))
     key = validation_module._lock_key(batch_id)
     async with db.engine.connect() as other:
         assert await other.scalar(sa.select(sa.func.pg_try_advisory_lock(key)))
@@ -134,7 +108,7 @@ async def test_a_batch_cancelled_while_validating_ends_cancelled_and_stores_no_l
     any_db: Database, catalog: Catalog
 ) -> None:
     # Given a batch cancelled before its validation ran
-    batch_id = await _validating(any_db, _line("a"), _line("b"))
+    batch_id = await validating_batch(any_db, batch_line("a"), batch_line("b"))
     async with any_db.session() as session:
         batch = await session.get(Batch, batch_id)
         assert batch is not None
@@ -150,15 +124,19 @@ async def test_a_batch_cancelled_while_validating_ends_cancelled_and_stores_no_l
 @pytest.mark.parametrize(
     ("lines", "extra", "code"),
     [
-        ([b"{oops}\n", _line("a", model="nope")], {}, "no_valid_lines"),
-        ([_line("a"), _line("b")], {"max_cost_usd": Decimal("0.0000001")}, "estimate_too_high"),
+        ([b"{oops}\n", batch_line("a", model="nope")], {}, "no_valid_lines"),
+        (
+            [batch_line("a"), batch_line("b")],
+            {"max_cost_usd": Decimal("0.0000001")},
+            "estimate_too_high",
+        ),
     ],
 )
 async def test_a_file_that_cannot_run_as_a_whole_fails_the_batch_with_errors(
     any_db: Database, catalog: Catalog, lines: list[bytes], extra: dict[str, Any], code: str
 ) -> None:
     # Given a batch whose file cannot run as a whole
-    batch_id = await _validating(any_db, *lines, **extra)
+    batch_id = await validating_batch(any_db, *lines, **extra)
     # When it is validated
     await validate_batch(Validation(any_db, catalog, None, 32, 3, 100), batch_id)
     # Then it failed with that code, and no line is left to run
@@ -179,7 +157,7 @@ async def test_the_sweeper_validates_a_batch_its_api_left_validating(
     from promptq.workers.celery_app import make_celery
 
     # Given a batch made a minute ago whose API died before validating it
-    batch_id = await _validating(db, _line("a"), _line("b"))
+    batch_id = await validating_batch(db, batch_line("a"), batch_line("b"))
     async with db.session() as session:
         await session.execute(
             sa.update(Batch)

@@ -4,60 +4,31 @@ lines, and a page of batches is summarised in one query with the same counts."""
 
 from __future__ import annotations
 
-import io
-import json
-from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from promptq.batches import cancel_batch, create_batch, finalize_batch
-from promptq.catalog import Catalog, load_catalog
+from promptq.batches import cancel_batch, finalize_batch
+from promptq.catalog import Catalog
 from promptq.db import Database
-from promptq.files import store_upload
-from promptq.ids import new_id
 from promptq.jobs import claim, record_failure, record_success
-from promptq.models import Batch, BatchStatus, utcnow
+from promptq.models import Batch, BatchStatus
 from promptq.scheduler.validation import Validation, validate_batch
 from promptq.views import summarize, summarize_many
-from tests.factories import OUTCOME, get_job
+from tests.factories import OUTCOME, batch_line, get_job, one_model_catalog, validating_batch
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def catalog(tmp_path: Path) -> Catalog:
-    path = tmp_path / "models.toml"
-    path.write_text(
-        '[[models]]\nname = "m"\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
-        "input_per_mtok = 1\noutput_per_mtok = 2\n"
-    )
-    return load_catalog(path)
-
-
-def _line(custom_id: str, model: str = "m") -> bytes:
-    body = {"model": model, "messages": [{"role": "user", "content": custom_id}]}
-    line = {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
-    return (json.dumps(line) + "\n").encode()
+    return one_model_catalog(tmp_path, 1, 2)
 
 
 async def _batch(db: Database, catalog: Catalog, *lines: bytes) -> Batch:
-    async with db.session() as session:
-        file = await store_upload(session, "t", "in.jsonl", io.BytesIO(b"".join(lines)), 100)
-        now = utcnow()
-        batch = Batch(
-            id=new_id("batch_"),
-            tenant="t",
-            input_file_id=file.id,
-            endpoint="/v1/chat/completions",
-            completion_window="24h",
-            priority=5,
-            created_at=now,
-            expires_at=now + timedelta(hours=24),
-        )
-        batch = await create_batch(session, batch)
-    assert await validate_batch(_validation(db, catalog), batch.id)
-    return await _reload(db, batch.id)
+    batch_id = await validating_batch(db, *lines)
+    assert await validate_batch(_validation(db, catalog), batch_id)
+    return await _reload(db, batch_id)
 
 
 def _validation(db: Database, catalog: Catalog) -> Validation:
@@ -79,7 +50,9 @@ async def test_a_batch_is_finalized_only_once_no_line_is_open(
     any_db: Database, catalog: Catalog
 ) -> None:
     # Given a batch of two valid lines and one naming an unknown model
-    batch = await _batch(any_db, catalog, _line("a"), _line("b"), _line("c", model="nope"))
+    batch = await _batch(
+        any_db, catalog, batch_line("a"), batch_line("b"), batch_line("c", model="nope")
+    )
     assert batch.status == BatchStatus.IN_PROGRESS
     refused = await get_job(any_db, _job_id(batch, 3))
     assert (refused.error_code, refused.error_message) == (
@@ -111,8 +84,8 @@ async def test_cancel_ends_queued_lines_and_a_page_is_summarised_in_one_query(
     any_db: Database, catalog: Catalog
 ) -> None:
     # Given two batches, one of them cancelled before any line ran
-    kept = await _batch(any_db, catalog, _line("a"))
-    dropped = await _batch(any_db, catalog, _line("x"), _line("y"))
+    kept = await _batch(any_db, catalog, batch_line("a"))
+    dropped = await _batch(any_db, catalog, batch_line("x"), batch_line("y"))
     async with any_db.session() as session:
         loaded = await session.get(Batch, dropped.id)
         assert loaded is not None
