@@ -1,19 +1,24 @@
 """The claim reads the rows it names through the primary key, whatever the planner knows
 about the jobs table: with a big batch half done and no statistics yet (a table that grew
 faster than autovacuum's analyze), an index holding every queued job was ANDed with the
-primary key, and each claim read every queued line's entry (BENCHMARKS.md, "scale")."""
+primary key, and each claim read every queued line's entry (BENCHMARKS.md, "scale").
+The sweeper's delivery pass, on the same table, reads only the jobs it may send."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 
 from promptq.db import Database
 from promptq.jobs import claim
+from promptq.models import Job, utcnow
+from promptq.scheduler.dispatch import dispatch_queued
 from tests.stack import create_database, drop_database
 
 LINES = 40_000
@@ -102,3 +107,39 @@ async def test_a_claim_reads_its_jobs_by_primary_key_on_a_table_without_statisti
         plan = explained.scalar_one()
     plan = json.loads(plan) if isinstance(plan, str) else plan
     assert _index_names(plan[0]["Plan"]) == {"pk_jobs", "pk_batches"}
+
+
+@pytest.mark.anyio
+async def test_the_delivery_pass_reads_only_unsent_or_long_sent_jobs(
+    half_done_batch: Database,
+) -> None:
+    # Given the half-done batch, its queued lines all sent a moment ago
+    db = half_done_batch
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if statement.lstrip().upper().startswith("SELECT"):
+            statements.append((statement, parameters))
+
+    # When the sweeper's delivery pass looks for unsent or long-sent jobs (it finds none,
+    # so it publishes nothing)
+    sa.event.listen(db.engine.sync_engine, "before_cursor_execute", capture)
+    sweeper_cutoff = utcnow() - timedelta(seconds=1800)
+    async with db.session() as session:
+        published = await dispatch_queued(
+            session,
+            Celery(),
+            32,
+            sa.or_(Job.enqueued_at.is_(None), Job.enqueued_at < sweeper_cutoff),
+            limit=20_000,
+        )
+    sa.event.remove(db.engine.sync_engine, "before_cursor_execute", capture)
+    # Then its one query read the two partial indexes of queued jobs, not the queued lines
+    assert published == 0
+    assert len(statements) == 1
+    statement, parameters = statements[0]
+    async with db.engine.connect() as conn:
+        explained = await conn.exec_driver_sql(f"EXPLAIN (FORMAT JSON) {statement}", parameters)
+        plan = explained.scalar_one()
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    assert _index_names(plan[0]["Plan"]) == {"ix_jobs_unsent", "ix_jobs_queued_enqueued_at"}
