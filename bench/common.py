@@ -54,8 +54,10 @@ _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
-def temp_database(admin_url: str = PG_ADMIN_URL, prefix: str = "bench") -> Iterator[str]:
-    """A new database migrated to head; dropped (with its connections) on exit."""
+def temp_database(
+    admin_url: str = PG_ADMIN_URL, prefix: str = "bench", revision: str = "head"
+) -> Iterator[str]:
+    """A new database migrated to `revision`; dropped (with its connections) on exit."""
     from promptq.db import create_sync_engine
     from promptq.migrate import upgrade
 
@@ -66,7 +68,7 @@ def temp_database(admin_url: str = PG_ADMIN_URL, prefix: str = "bench") -> Itera
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
         try:
             url = admin_url.rsplit("/", 1)[0] + f"/{name}"
-            upgrade(url)
+            upgrade(url, revision)
             yield url
         finally:
             with admin.connect() as conn:

@@ -36,6 +36,7 @@ __all__ = [
     "UsageRecord",
     "WebhookEvent",
     "WebhookStatus",
+    "status_is",
     "utcnow",
 ]
 
@@ -313,6 +314,19 @@ class Batch(Base):
 
 #: The rows of ix_jobs_queued_deadline_at.
 _QUEUED_WITH_DEADLINE = "status = 'queued' AND deadline_at IS NOT NULL"
+#: The rows of ix_jobs_running_lease_expires_at: the jobs in flight.
+_RUNNING = "status = 'running'"
+#: The rows of ix_jobs_unsent and ix_jobs_queued_enqueued_at. No partial index may hold
+#: every queued job: the claim (`id IN (...) AND status = 'queued'`) could then AND it
+#: with the primary key, reading every queued line's entry (BENCHMARKS.md, "scale").
+_QUEUED_UNSENT = "status = 'queued' AND enqueued_at IS NULL"
+_QUEUED_SENT = "status = 'queued' AND enqueued_at IS NOT NULL"
+
+
+def status_is(status: JobStatus) -> sa.ColumnElement[bool]:
+    """`jobs.status = '<status>'` with the value written into the SQL, not bound: only a
+    constant lets Postgres use a partial index whose predicate names the status."""
+    return Job.status == sa.literal_column(f"'{status.value}'")
 
 
 class Job(Base):
@@ -376,7 +390,6 @@ class Job(Base):
         sa.Index("ix_jobs_api_key_id_finished_at", "api_key_id", "finished_at"),
         sa.Index("ix_jobs_batch_id_status", "batch_id", "status"),
         sa.Index("ix_jobs_batch_id_line_no", "batch_id", "line_no"),
-        sa.Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         sa.Index("ix_jobs_tenant_created_at", "tenant", "created_at"),
         # Retention finds finished native jobs by age (batch lines go with their batch).
         sa.Index(
@@ -384,6 +397,29 @@ class Job(Base):
             "finished_at",
             postgresql_where=sa.text("batch_id IS NULL"),
             sqlite_where=sa.text("batch_id IS NULL"),
+        ),
+        # The sweeper finds running jobs whose lease expired, among the jobs in flight only.
+        sa.Index(
+            "ix_jobs_running_lease_expires_at",
+            "lease_expires_at",
+            postgresql_where=sa.text(_RUNNING),
+            sqlite_where=sa.text(_RUNNING),
+        ),
+        # The sweeper's delivery pass finds queued jobs never sent, and sent ones whose
+        # message is old, without reading the queued lines of a big batch.
+        sa.Index(
+            "ix_jobs_unsent",
+            "priority",
+            "created_at",
+            "line_no",
+            postgresql_where=sa.text(_QUEUED_UNSENT),
+            sqlite_where=sa.text(_QUEUED_UNSENT),
+        ),
+        sa.Index(
+            "ix_jobs_queued_enqueued_at",
+            "enqueued_at",
+            postgresql_where=sa.text(_QUEUED_SENT),
+            sqlite_where=sa.text(_QUEUED_SENT),
         ),
         # The sweeper finds queued native jobs past their deadline (a few rows, however
         # many batch lines are queued).

@@ -47,7 +47,7 @@ from promptq.jobs.lifecycle import (
     Transition,
 )
 from promptq.ledger import insert_usage_rows
-from promptq.models import Batch, Job, utcnow
+from promptq.models import Batch, Job, status_is, utcnow
 
 __all__ = [
     "cancel",
@@ -75,9 +75,10 @@ _BATCHES: sa.Table = Batch.__table__  # type: ignore[assignment]
 
 def _from(transition: Transition) -> sa.ColumnElement[bool]:
     # The guard of every statement: the job is in one of the transition's source states
-    # (`=` for one: an IN list cannot be part of an executemany).
+    # (`=` for one: an IN list cannot be part of an executemany). A single state is a
+    # constant, so the sweeper's lease check can use the partial index of running jobs.
     if len(transition.sources) == 1:
-        return _JOBS.c.status == transition.sources[0]
+        return status_is(transition.sources[0])
     return _JOBS.c.status.in_(transition.sources)
 
 

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from promptq.constants import TASK_RUN_CHUNK
 from promptq.jobs import mark_enqueued, resend
-from promptq.models import Job, JobStatus
+from promptq.models import Job, JobStatus, status_is
 from promptq.queues import delivery_queue, queue_step, runs_alone
 
 __all__ = ["dispatch_queued", "publish", "publish_jobs", "publish_marked"]
@@ -58,7 +58,7 @@ async def dispatch_queued(
     If the broker is down the jobs stay queued and unmarked, and the sweeper sends them later."""
     stmt = (
         sa.select(Job.id, Job.queue, Job.priority, Job.batch_id, Job.lost_count)
-        .where(where, Job.status == JobStatus.QUEUED)
+        .where(where, status_is(JobStatus.QUEUED))
         .order_by(Job.priority, Job.created_at, Job.line_no)
         .limit(limit)
     )
